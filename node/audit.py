@@ -1,0 +1,66 @@
+"""Audit rows. Always added to the caller's session so they commit with the state change they record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from node.db.models import AuditEvent, utcnow
+
+
+class Events:
+    """Every audit event name, in one place (docs/audit.md lists them with their fields)."""
+
+    ASSOCIATION_ACCEPTED = "association.accepted"
+    ASSOCIATION_REJECTED = "association.rejected"
+    INSTANCE_STORED = "instance.stored"
+    INSTANCE_DUPLICATE = "instance.duplicate"
+    INSTANCE_REPLACED = "instance.replaced"
+    INSTANCE_REJECTED = "instance.rejected"
+    SERIES_FOLLOW_UP = "series.follow_up"
+    SERIES_COMPLETE = "series.complete"
+    SERIES_ANALYSED = "series.analysed"
+    ROUTE_DECISION = "route.decision"
+    ROUTE_FAILED = "route.failed"
+    DELIVERY_QUEUED = "delivery.queued"
+    DELIVERY_ATTEMPT = "delivery.attempt"
+    DELIVERY_DONE = "delivery.done"
+    DELIVERY_RETRY = "delivery.retry"
+    DELIVERY_DEAD_LETTER = "delivery.dead_letter"
+    JOB_REQUEUED = "job.requeued"
+    JOB_RECOVERED = "job.recovered"
+    RULES_LOADED = "rules.loaded"
+    RULES_RELOAD_FAILED = "rules.reload_failed"
+    RETENTION_DELETED = "retention.deleted"
+    NODE_STARTED = "node.started"
+    NODE_STOPPED = "node.stopped"
+
+
+def record(
+    session: Session,
+    event: str,
+    message: str = "",
+    *,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    job_id: int | None = None,
+    destination: str | None = None,
+    calling_ae: str | None = None,
+    peer: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    row = AuditEvent(
+        at=utcnow(),
+        event=event,
+        series_uid=series_uid,
+        sop_instance_uid=sop_instance_uid,
+        job_id=job_id,
+        destination=destination,
+        calling_ae=calling_ae,
+        peer=peer,
+        message=message,
+        details=details,
+    )
+    session.add(row)
+    return row

@@ -1,0 +1,137 @@
+"""Typed settings. Loaded once (YAML file or defaults) and passed explicitly; no module globals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedCaller(_Strict):
+    """One entry of the calling-AE allow-list. `host` None means any host."""
+
+    ae_title: str
+    host: str | None = None
+
+
+class ReceiveSettings(_Strict):
+    ae_title: str = "NODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    # Empty list: any calling AE title is accepted.
+    allowed_callers: list[AllowedCaller] = []
+    # What to do when a SOP Instance UID arrives again with different bytes.
+    duplicate_policy: Literal["replace", "keep_first"] = "replace"
+    # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
+    max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    max_associations: int = Field(16, gt=0)
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    # pynetdicom polls its sockets with a sleep per loop; see node/netloop.py.
+    poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_valid(cls, v: str) -> str:
+        return validate_ae_title(v)
+
+
+class CompletionSettings(_Strict):
+    # A series is complete after this long without a new instance.
+    quiet_seconds: float = Field(30.0, gt=0)
+    # If set, an instance carrying this attribute (e.g. ImagesInAcquisition) gives the expected
+    # instance count; the series completes as soon as that many distinct instances are stored.
+    expected_count_attribute: str | None = None
+
+
+class ForwardSettings(_Strict):
+    workers: int = Field(2, ge=1, le=32)
+    max_attempts: int = Field(6, ge=1)
+    backoff_initial_seconds: float = Field(10.0, ge=0)
+    backoff_factor: float = Field(2.0, ge=1.0)
+    backoff_max_seconds: float = Field(600.0, ge=0)
+    # Short on purpose: a lost C-STORE response (pynetdicom issue #875) must not hold a series long.
+    dimse_timeout: float = Field(10.0, gt=0)
+    acse_timeout: float = Field(10.0, gt=0)
+    network_timeout: float = Field(30.0, gt=0)
+    # How many times one delivery attempt re-opens an association after a stall before failing.
+    stall_retries: int = Field(2, ge=0)
+
+
+class RetentionSettings(_Strict):
+    # Spooled files of a series are deleted this long after every delivery of it succeeded
+    # (and after routing decided there was nothing to deliver). None keeps files forever.
+    keep_seconds: float | None = 3600.0
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+
+
+class Settings(_Strict):
+    data_dir: Path = Path("node-data")
+    # Default: SQLite (WAL) at <data_dir>/node.db. PostgreSQL: postgresql+psycopg://user:pw@host/db
+    database_url: str | None = None
+    spool_dir: Path | None = None
+    rules_path: Path | None = None
+    log_level: str = "INFO"
+    receive: ReceiveSettings = ReceiveSettings()
+    completion: CompletionSettings = CompletionSettings()
+    forward: ForwardSettings = ForwardSettings()
+    retention: RetentionSettings = RetentionSettings()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'node.db').resolve()}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return (self.spool_dir or self.data_dir / "spool").resolve()
+
+
+def validate_ae_title(value: str) -> str:
+    """An AE title is 1-16 characters of printable ASCII without backslash."""
+    stripped = value.strip()
+    if not 1 <= len(stripped) <= 16 or any(c == "\\" or not 32 <= ord(c) < 127 for c in stripped):
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable ASCII characters, no backslash")
+    return stripped
+
+
+def load_settings(path: Path | None, overrides: dict[str, object] | None = None) -> Settings:
+    """Load settings from a YAML file (or the defaults when path is None), then apply overrides."""
+    raw: dict[str, object] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        raw = loaded
+        # Relative paths in a config file are relative to the file, not to the working directory.
+        for key in ("data_dir", "spool_dir", "rules_path"):
+            value = raw.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                raw[key] = str((path.parent / value).resolve())
+    if overrides:
+        raw = {**raw, **overrides}
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        where = str(path) if path else "settings"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from exc

@@ -1,0 +1,51 @@
+"""One root exception; each subclass names what is wrong and where."""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Root of every error the node raises on purpose."""
+
+
+class ConfigError(NodeError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class InvalidUIDError(NodeError):
+    """A UID that is not a syntactically valid DICOM UID (and so never becomes a path)."""
+
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"invalid {field}: {value!r}")
+        self.field = field
+        self.value = value
+
+
+class SpoolError(NodeError):
+    """The spool could not store or read an instance."""
+
+
+class RulesError(NodeError):
+    """A rules file is invalid; the message names the file, the rule and the field."""
+
+    def __init__(self, file: str, message: str, rule: str | None = None, field: str | None = None,
+                 line: int | None = None) -> None:
+        where = file
+        if line is not None:
+            where += f":{line}"
+        if rule is not None:
+            where += f": rule {rule!r}"
+        if field is not None:
+            where += f": field {field!r}"
+        super().__init__(f"{where}: {message}")
+        self.file = file
+        self.rule = rule
+        self.field = field
+        self.line = line
+
+
+class DeliveryError(NodeError):
+    """A forward to a destination failed; the message says which instance and which status."""
+
+
+class NotFoundError(NodeError):
+    """A series, delivery or other object named on the command line does not exist."""

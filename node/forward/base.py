@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from node.destinations import Destination
+
 # C-STORE statuses that mean "the peer has the instance" (PS3.4 B.2.3): success and the warnings
 # coercion of data elements (B000), elements discarded (B006), data set does not match SOP class (B007).
 SUCCESS = 0x0000
@@ -87,5 +89,5 @@ class Sender(Protocol):
     caller's bug or database trouble, not a network problem) after the association is released.
     """
 
-    def send(self, destination: object, files: Sequence[InstanceFile], on_sent: OnSent) -> SendOutcome:
+    def send(self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent) -> SendOutcome:
         ...

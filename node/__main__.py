@@ -1,0 +1,7 @@
+"""`python -m node` is the same as the `node` command."""
+
+import sys
+
+from node.cli import main
+
+sys.exit(main())

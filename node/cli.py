@@ -1,0 +1,243 @@
+"""The `node` command. Wiring only: parse arguments, load settings, call the module that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from node.config import Settings, load_settings
+from node.errors import ConfigError, NodeError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RULES = Path("rules/rules.yaml")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = getattr(args, "config", None) or (
+        Path(os.environ["NODE_CONFIG"]) if os.environ.get("NODE_CONFIG") else None
+    )
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    if getattr(args, "rules", None):
+        overrides["rules_path"] = args.rules
+    settings = load_settings(path, overrides)
+    receive: dict[str, object] = {}
+    if getattr(args, "port", None) is not None:
+        receive["port"] = args.port
+    if getattr(args, "ae_title", None):
+        receive["ae_title"] = args.ae_title
+    if receive:
+        settings = load_settings(path, {**overrides, "receive": {**settings.receive.model_dump(), **receive}})
+    return settings
+
+
+def _rules_path(args: argparse.Namespace, settings: Settings | None = None) -> Path:
+    if getattr(args, "rules", None):
+        return Path(args.rules)
+    if settings is not None and settings.rules_path is not None:
+        return settings.rules_path
+    return DEFAULT_RULES
+
+
+def _session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from node.app import open_database
+
+    return open_database(_settings(args))()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from node.app import NodeService
+
+    settings = _settings(args)
+    logging.getLogger().setLevel(settings.log_level)
+    service = NodeService(settings)
+    service.run_until_signalled()
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from node.rules_dryrun import cmd_rules_check as check
+
+    path = Path(args.path) if args.path else _rules_path(args, _settings(args))
+    return check(path)
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from node.rules_dryrun import cmd_rules_test as dry_run
+
+    return dry_run(_rules_path(args, _settings(args)), Path(args.path), args.json)
+
+
+def cmd_rules_reload(args: argparse.Namespace) -> int:
+    from node.app import pid_file
+
+    settings = _settings(args)
+    pid_path = pid_file(settings)
+    try:
+        pid = int(pid_path.read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"no running node found via {pid_path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"asked node (pid {pid}) to reload its rules; see `node audit recent --event rules.`")
+    return 0
+
+
+def cmd_series_complete(args: argparse.Namespace) -> int:
+    from node.tracker import complete_series
+
+    with _session(args) as session:
+        done = complete_series(session, args.uid, "manual")
+        session.commit()
+    if done:
+        print(f"series {args.uid} marked complete; the running node routes it")
+        return 0
+    print(f"series {args.uid} is not receiving (already complete); nothing done", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_series(args: argparse.Namespace) -> int:
+    from node.audit_query import cmd_audit_series as show
+
+    with _session(args) as session:
+        return show(session, args.uid, args.json)
+
+
+def cmd_audit_recent(args: argparse.Namespace) -> int:
+    from node.audit_query import cmd_audit_recent as recent
+
+    since = dt.datetime.fromisoformat(args.since) if args.since else None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    with _session(args) as session:
+        return recent(session, args.limit, args.event, since, args.json)
+
+
+def cmd_deliveries_list(args: argparse.Namespace) -> int:
+    from node.deliveries import cmd_deliveries_list as listing
+
+    with _session(args) as session:
+        return listing(session, args.state, args.destination, args.json)
+
+
+def cmd_deliveries_retry(args: argparse.Namespace) -> int:
+    from node.deliveries import cmd_deliveries_retry as retry
+
+    if args.id is None and not args.all_failed:
+        print("give a delivery ID or --all-failed", file=sys.stderr)
+        return 2
+    with _session(args) as session:
+        return retry(session, args.id, args.all_failed, args.destination, args.force)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from node.app import open_database
+
+    settings = _settings(args)
+    open_database(settings)
+    print(f"database at {settings.resolved_database_url.split('@')[-1]} is at the newest schema")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, help="YAML settings file (default: $NODE_CONFIG or built-in defaults)"
+    )
+    common.add_argument(
+        "--data-dir", type=Path, default=argparse.SUPPRESS, help="override data_dir (database, spool)"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+
+    parser = argparse.ArgumentParser(prog="node", description="DICOM routing node", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="receive, complete, route and forward until SIGTERM")
+    run.add_argument("--port", type=int, help="DICOM port (default 11112)")
+    run.add_argument("--ae-title", help="our AE title (default NODE)")
+    run.add_argument("--rules", type=Path, help="rules YAML (default: rules_path from the config)")
+    run.set_defaults(func=cmd_run)
+
+    rules = sub.add_parser("rules", help="check, dry-run or reload routing rules").add_subparsers(
+        dest="rules_command", required=True
+    )
+    check = rules.add_parser("check", parents=[common], help="validate a rules file")
+    check.add_argument("path", nargs="?", help="rules YAML (default: rules_path from the config)")
+    check.set_defaults(func=cmd_rules_check)
+    test = rules.add_parser("test", parents=[common], help="show where DICOM files would be routed, and why")
+    test.add_argument("path", help="a DICOM file or a folder of them")
+    test.add_argument("--rules", type=Path, help="rules YAML (default: rules_path from the config)")
+    test.add_argument("--json", action="store_true")
+    test.set_defaults(func=cmd_rules_test)
+    reload = rules.add_parser("reload", parents=[common], help="ask the running node to reload its rules")
+    reload.set_defaults(func=cmd_rules_reload)
+
+    series = sub.add_parser("series", help="series commands").add_subparsers(
+        dest="series_command", required=True
+    )
+    complete = series.add_parser("complete", parents=[common], help="mark a receiving series complete now")
+    complete.add_argument("uid")
+    complete.set_defaults(func=cmd_series_complete)
+
+    audit_cmd = sub.add_parser("audit", help="query the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    story = audit_cmd.add_parser("series", parents=[common], help="the full story of one series")
+    story.add_argument("uid")
+    story.add_argument("--json", action="store_true")
+    story.set_defaults(func=cmd_audit_series)
+    recent = audit_cmd.add_parser("recent", parents=[common], help="latest audit events")
+    recent.add_argument("--limit", type=int, default=50)
+    recent.add_argument("--event", help="event name prefix, e.g. delivery.")
+    recent.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
+    recent.add_argument("--json", action="store_true")
+    recent.set_defaults(func=cmd_audit_recent)
+
+    deliveries = sub.add_parser("deliveries", help="list or requeue deliveries").add_subparsers(
+        dest="deliveries_command", required=True
+    )
+    listing = deliveries.add_parser("list", parents=[common], help="deliveries, newest first")
+    listing.add_argument("--state", choices=["queued", "running", "done", "failed"])
+    listing.add_argument("--destination")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_deliveries_list)
+    retry = deliveries.add_parser("retry", parents=[common], help="requeue a failed delivery (or all)")
+    retry.add_argument("id", nargs="?", type=int)
+    retry.add_argument("--all-failed", action="store_true")
+    retry.add_argument("--destination", help="with --all-failed: only this destination")
+    retry.add_argument("--force", action="store_true", help="also resend a delivery that succeeded")
+    retry.set_defaults(func=cmd_deliveries_retry)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except NodeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Deliver one series generation to one destination: send what is not yet acknowledged, record each
+acknowledged instance (so a retry skips it), then finish, retry with backoff, or dead-letter."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from node import audit, jobs
+from node.audit import Events
+from node.config import ForwardSettings
+from node.db.models import Instance, Job, SentInstance, Series, utcnow
+from node.forward.base import InstanceFile, Sender
+from node.routing import RulesHolder
+from node.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+# Acknowledged instances are committed in batches: a crash re-sends at most this many (at least once).
+SENT_FLUSH_EVERY = 32
+# At most this many per-instance failures are copied into an audit row.
+AUDITED_FAILURES = 20
+
+
+class Deliverer:
+    def __init__(
+        self, spool: Spool, rules: RulesHolder, senders: Mapping[str, Sender], settings: ForwardSettings
+    ):
+        self._spool = spool
+        self._rules = rules
+        self._senders = senders
+        self._settings = settings
+
+    def pending_files(self, session: Session, job: Job) -> list[InstanceFile]:
+        sent = select(SentInstance.instance_id).where(SentInstance.job_id == job.id)
+        rows = session.scalars(
+            select(Instance)
+            .where(
+                Instance.series_id == job.series_id,
+                Instance.generation == job.generation,
+                Instance.id.not_in(sent),
+            )
+            .order_by(Instance.instance_number, Instance.id)
+        ).all()
+        return [
+            InstanceFile(
+                instance_id=row.id,
+                path=self._spool.absolute(row.path),
+                sop_class_uid=row.sop_class_uid,
+                sop_instance_uid=row.sop_instance_uid,
+                transfer_syntax_uid=row.transfer_syntax_uid,
+            )
+            for row in rows
+        ]
+
+    def handle(self, session: Session, job: Job) -> None:
+        series = session.get(Series, job.series_id)
+        assert series is not None
+        ruleset = self._rules.current
+        destination = ruleset.destinations.get(job.destination) if ruleset is not None else None
+        if destination is None:
+            self._give_up(
+                session, job, series, f"destination {job.destination!r} is not defined in the rules in force"
+            )
+            return
+        sender = self._senders.get(destination.kind)
+        if sender is None:
+            self._give_up(session, job, series, f"no sender for destination kind {destination.kind!r}")
+            return
+        files = self.pending_files(session, job)
+        missing = [f for f in files if not f.path.exists()]
+        if missing:
+            self._give_up(
+                session,
+                job,
+                series,
+                f"{len(missing)} spooled files are gone (retention?), e.g. {missing[0].path}",
+            )
+            return
+
+        buffer: list[SentInstance] = []
+
+        def flush() -> None:
+            if buffer:
+                session.add_all(buffer)
+                session.commit()
+                buffer.clear()
+
+        def on_sent(instance: InstanceFile, status: int) -> None:
+            buffer.append(
+                SentInstance(job_id=job.id, instance_id=instance.instance_id, status=status, sent_at=utcnow())
+            )
+            if len(buffer) >= SENT_FLUSH_EVERY:
+                flush()
+
+        outcome = sender.send(destination, files, on_sent) if files else None
+        flush()
+        total_sent = session.scalar(
+            select(func.count()).select_from(SentInstance).where(SentInstance.job_id == job.id)
+        )
+        common = dict(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
+        if outcome is not None:
+            failures = dict(list(outcome.failed.items())[:AUDITED_FAILURES])
+            statuses = sorted({f"0x{s:04X}" for s in outcome.statuses.values()})
+            audit.record(
+                session,
+                Events.DELIVERY_ATTEMPT,
+                outcome.error or f"{len(outcome.sent)} instances acknowledged",
+                details={
+                    "attempt": job.attempts,
+                    "instances": len(files),
+                    "sent": len(outcome.sent),
+                    "failed": len(outcome.failed),
+                    "statuses": statuses,
+                    "failures": {str(k): v for k, v in failures.items()},
+                    "error": outcome.error,
+                    "duration_seconds": round(outcome.duration_seconds, 3),
+                    "associations": outcome.associations,
+                },
+                **common,
+            )
+        if outcome is None or outcome.ok:
+            jobs.finish(session, job)
+            count = len(outcome.sent) if outcome else 0
+            audit.record(
+                session,
+                Events.DELIVERY_DONE,
+                f"delivered: {count} instances acknowledged in this attempt, {total_sent} in all",
+                details={"sent_this_attempt": count, "sent_total": total_sent, "attempts": job.attempts},
+                **common,
+            )
+            session.commit()
+            logger.info("series %s delivered to %s", series.series_uid, job.destination)
+            return
+        error = outcome.error or "delivery failed"
+        retry = jobs.fail(
+            session,
+            job,
+            error,
+            max_attempts=self._settings.max_attempts,
+            initial=self._settings.backoff_initial_seconds,
+            factor=self._settings.backoff_factor,
+            maximum=self._settings.backoff_max_seconds,
+            retryable=outcome.retryable,
+        )
+        if retry:
+            audit.record(
+                session,
+                Events.DELIVERY_RETRY,
+                f"retry at {job.next_run_at.isoformat()}: {error}",
+                details={"attempt": job.attempts, "next_run_at": job.next_run_at.isoformat()},
+                **common,
+            )
+        else:
+            reason = "not retryable" if not outcome.retryable else f"after {job.attempts} attempts"
+            audit.record(
+                session,
+                Events.DELIVERY_DEAD_LETTER,
+                f"dead letter ({reason}): {error}",
+                details={"attempt": job.attempts, "retryable": outcome.retryable},
+                **common,
+            )
+            logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)
+        session.commit()
+
+    def _give_up(self, session: Session, job: Job, series: Series, error: str) -> None:
+        jobs.fail(session, job, error, max_attempts=1, initial=0, factor=1, maximum=0, retryable=False)
+        audit.record(
+            session,
+            Events.DELIVERY_DEAD_LETTER,
+            f"dead letter: {error}",
+            series_uid=series.series_uid,
+            job_id=job.id,
+            destination=job.destination,
+        )
+        session.commit()
+        logger.error("delivery %d of %s: %s", job.id, series.series_uid, error)
+
+    def on_crash(self, session: Session, job: Job, exc: BaseException) -> None:
+        job = session.get(Job, job.id) or job
+        series = session.get(Series, job.series_id)
+        assert series is not None
+        error = f"internal error: {type(exc).__name__}: {exc}"
+        retry = jobs.fail(
+            session,
+            job,
+            error,
+            max_attempts=self._settings.max_attempts,
+            initial=self._settings.backoff_initial_seconds,
+            factor=self._settings.backoff_factor,
+            maximum=self._settings.backoff_max_seconds,
+        )
+        event = Events.DELIVERY_RETRY if retry else Events.DELIVERY_DEAD_LETTER
+        audit.record(
+            session, event, error, series_uid=series.series_uid, job_id=job.id, destination=job.destination
+        )
+        session.commit()

@@ -1,0 +1,394 @@
+"""Forwarding to a DICOM peer with C-STORE (pynetdicom SCU).
+
+Presentation contexts: for every SOP class in the batch, one context per transfer syntax, so the peer
+accepts or refuses each syntax separately: the stored syntaxes first, then Explicit and Implicit VR
+Little Endian (or exactly the destination's ``transfer_syntaxes`` when configured). pynetdicom allows
+128 contexts per association; a batch needing more is split over several associations by SOP class.
+
+An instance whose stored syntax was accepted is sent from its file as stored, without decoding: the
+bytes after the File Meta Information go out as they are on disk (pynetdicom's chunked sending,
+``_config.STORE_SEND_CHUNKED_DATASET``; it only applies when a path is passed to ``send_c_store``). An
+instance whose syntax was refused is decompressed (node.forward.transcode) and sent uncompressed.
+
+Stalls: pynetdicom's SCU sometimes loses a C-STORE response and waits for ``dimse_timeout`` before
+aborting (pynetdicom issue #875). When a response does not come within ``dimse_timeout``, the sender
+opens a new association and carries on with the instances not yet acknowledged, at most
+``stall_retries`` times per association plan within one ``send()`` call.
+
+Network trouble never escapes as an exception: it becomes ``SendOutcome.error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from node.config import ForwardSettings, validate_ae_title
+from node.destinations import DimseDestination
+from node.forward.base import (
+    InstanceFile,
+    OnSent,
+    SendOutcome,
+    is_delivered,
+    status_is_retryable,
+)
+from node.forward.transcode import TranscodeError, can_transcode, load_for_target
+from node.netloop import CONN_OPEN_HANDLERS
+
+logger = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128
+# A C-STORE without a response after at least this share of dimse_timeout counts as a stall.
+_STALL_FRACTION = 0.9
+
+_STATUS_NAMES = {
+    0x0110: "processing failure",
+    0x0117: "invalid SOP instance",
+    0x0122: "SOP class not supported",
+    0x0124: "not authorised",
+    0x0210: "duplicate invocation",
+    0x0211: "unrecognised operation",
+    0x0212: "mistyped argument",
+}
+
+
+def describe_status(status: int) -> str:
+    """`0xA700 (out of resources)` and the like, for error texts and audit rows."""
+    if status in _STATUS_NAMES:
+        name = _STATUS_NAMES[status]
+    elif 0xA700 <= status <= 0xA7FF:
+        name = "out of resources"
+    elif 0xA900 <= status <= 0xA9FF:
+        name = "data set does not match SOP class"
+    elif 0xC000 <= status <= 0xCFFF:
+        name = "cannot understand"
+    elif status in (0xB000, 0xB006, 0xB007):
+        name = "warning"
+    else:
+        name = "failure"
+    return f"0x{status:04X} ({name})"
+
+
+def offered_syntaxes(destination: DimseDestination, stored: Sequence[str]) -> list[str]:
+    """Transfer syntaxes proposed for one SOP class, in order of preference, without duplicates."""
+    if destination.transfer_syntaxes:
+        candidates = list(destination.transfer_syntaxes)
+    else:
+        candidates = [*stored, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    return list(dict.fromkeys(str(uid) for uid in candidates))
+
+
+@dataclass
+class AssociationPlan:
+    """The SOP classes, syntaxes and files of one association (before a stall forces a new one)."""
+
+    syntaxes: dict[str, list[str]]  # SOP class UID -> proposed transfer syntaxes
+    files: list[InstanceFile]
+
+    def contexts(self) -> list[PresentationContext]:
+        return [build_context(sop, ts) for sop, syntaxes in self.syntaxes.items() for ts in syntaxes]
+
+    @property
+    def context_count(self) -> int:
+        return sum(len(s) for s in self.syntaxes.values())
+
+
+def plan_associations(
+    destination: DimseDestination, files: Sequence[InstanceFile], max_contexts: int = MAX_CONTEXTS
+) -> list[AssociationPlan]:
+    """Group the batch by SOP class into associations of at most `max_contexts` contexts each.
+
+    One context per (SOP class, transfer syntax). Files keep their order within an association; SOP
+    classes keep the order of their first file.
+    """
+    by_class: dict[str, list[InstanceFile]] = {}
+    for f in files:
+        by_class.setdefault(f.sop_class_uid, []).append(f)
+    plans: list[AssociationPlan] = []
+    current = AssociationPlan({}, [])
+    for sop_class, class_files in by_class.items():
+        stored = list(dict.fromkeys(f.transfer_syntax_uid for f in class_files))
+        syntaxes = offered_syntaxes(destination, stored)[:max_contexts]
+        if current.syntaxes and current.context_count + len(syntaxes) > max_contexts:
+            plans.append(current)
+            current = AssociationPlan({}, [])
+        current.syntaxes[sop_class] = syntaxes
+        current.files.extend(class_files)
+    if current.syntaxes:
+        plans.append(current)
+    return plans
+
+
+class _Unsendable(Exception):
+    """This instance cannot be sent on this association (no usable context, unreadable file)."""
+
+
+@dataclass
+class _Lost:
+    """The association ended before every instance was answered."""
+
+    text: str
+    stalled: bool
+
+
+class DimseSender:
+    """Sender for DimseDestination (see node.forward.base.Sender).
+
+    Thread safe: every send() builds its own AE and associations, so several delivery workers may
+    share one DimseSender.
+    """
+
+    def __init__(self, settings: ForwardSettings, default_calling_ae: str) -> None:
+        self._settings = settings
+        self._default_calling_ae = validate_ae_title(default_calling_ae)
+        # Process wide, but it only changes send_c_store(<path>) which only this module uses: send
+        # the encoded data set straight from the file instead of decoding and re-encoding it.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+
+    def send(
+        self, destination: DimseDestination, files: Sequence[InstanceFile], on_sent: OnSent
+    ) -> SendOutcome:
+        started = time.monotonic()
+        outcome = SendOutcome()
+        where = (
+            f"destination {destination.name!r} ({destination.ae_title}@{destination.host}:"
+            f"{destination.port})"
+        )
+        try:
+            if files:
+                self._send_all(destination, files, on_sent, outcome, where)
+        finally:
+            outcome.duration_seconds = time.monotonic() - started
+        if outcome.error is None:
+            logger.info(
+                "forwarded %d instances to %s in %.2f s over %d association(s)",
+                len(outcome.sent), where, outcome.duration_seconds, outcome.associations,
+            )
+        else:
+            logger.warning("forward to %s: %s", destination.name, outcome.error)
+        return outcome
+
+    def _send_all(
+        self,
+        destination: DimseDestination,
+        files: Sequence[InstanceFile],
+        on_sent: OnSent,
+        outcome: SendOutcome,
+        where: str,
+    ) -> None:
+        ae = self._make_ae(destination)
+        for plan in plan_associations(destination, files):
+            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where)
+            if problem is not None:
+                text, retryable = problem
+                unsent = len(files) - len(outcome.sent) - len(outcome.failed)
+                outcome.error = f"{where}: {text}; {len(outcome.sent)} of {len(files)} instances sent"
+                if unsent:
+                    outcome.error += f", {unsent} not attempted or unanswered"
+                outcome.retryable = retryable
+                break
+        if outcome.failed:
+            failures = self._describe_failures(files, outcome)
+            outcome.error = f"{outcome.error}; {failures}" if outcome.error else f"{where}: {failures}"
+            instance_retryable = any(
+                status_is_retryable(outcome.statuses[i]) for i in outcome.failed if i in outcome.statuses
+            )
+            outcome.retryable = outcome.retryable or instance_retryable
+
+    @staticmethod
+    def _describe_failures(files: Sequence[InstanceFile], outcome: SendOutcome) -> str:
+        by_id = {f.instance_id: f for f in files}
+        first_id = next(iter(outcome.failed))
+        first = by_id[first_id]
+        return (
+            f"{len(outcome.failed)} of {len(files)} instances failed, first: SOP Instance "
+            f"{first.sop_instance_uid}: {outcome.failed[first_id]}"
+        )
+
+    def _make_ae(self, destination: DimseDestination) -> AE:
+        ae = AE(ae_title=destination.calling_ae_title or self._default_calling_ae)
+        ae.acse_timeout = self._settings.acse_timeout
+        ae.dimse_timeout = self._settings.dimse_timeout
+        ae.network_timeout = self._settings.network_timeout
+        ae.connection_timeout = self._settings.acse_timeout
+        return ae
+
+    def _send_plan(
+        self,
+        ae: AE,
+        destination: DimseDestination,
+        plan: AssociationPlan,
+        on_sent: OnSent,
+        outcome: SendOutcome,
+        where: str,
+    ) -> tuple[str, bool] | None:
+        """Send the plan's files, reconnecting after stalls. Returns (error text, retryable) or None."""
+        pending = list(plan.files)
+        stalls = 0
+        while pending:
+            assoc, problem = self._associate(ae, destination, plan)
+            outcome.associations += 1
+            if problem is not None:
+                return problem
+            assert assoc is not None
+            lost: _Lost | None = None
+            try:
+                pending, lost = self._store_all(assoc, pending, on_sent, outcome)
+            finally:
+                if assoc.is_established:
+                    if lost is None:
+                        assoc.release()
+                    else:
+                        assoc.abort()
+            if lost is None:
+                return None
+            if lost.stalled and stalls < self._settings.stall_retries:
+                stalls += 1
+                logger.warning(
+                    "%s: %s; reconnecting for the %d unacknowledged instance(s) (stall %d of %d)",
+                    where, lost.text, len(pending), stalls, self._settings.stall_retries,
+                )
+                continue
+            if lost.stalled:
+                return f"{lost.text} (after {stalls} reconnect(s))", True
+            return lost.text, True
+        return None
+
+    def _associate(
+        self, ae: AE, destination: DimseDestination, plan: AssociationPlan
+    ) -> tuple[Association | None, tuple[str, bool] | None]:
+        connected: list[bool] = []
+        handlers: list[Any] = [
+            *CONN_OPEN_HANDLERS,
+            (evt.EVT_CONN_OPEN, _mark_connected, [connected]),
+        ]
+        assoc = ae.associate(
+            destination.host,
+            destination.port,
+            contexts=plan.contexts(),
+            ae_title=destination.ae_title,
+            evt_handlers=handlers,
+        )
+        if assoc.is_established:
+            return assoc, None
+        if not connected:
+            return None, (f"cannot connect: {_probe(destination.host, destination.port, ae)}", True)
+        rsp = assoc.acceptor.primitive
+        if assoc.is_rejected and rsp is not None:
+            transient = rsp.result == 0x02
+            text = (
+                f"association rejected: result {rsp.result_str}, source {rsp.source_str}, "
+                f"reason {rsp.reason_str} (calling AE {ae.ae_title})"
+            )
+            return None, (text, transient)
+        if rsp is not None and rsp.result == 0x00:
+            return None, (
+                f"peer accepted none of the {plan.context_count} proposed presentation contexts "
+                f"(SOP classes {', '.join(UID(s).name for s in plan.syntaxes)})",
+                False,
+            )
+        if rsp is None:
+            return None, (f"no association response within acse_timeout {ae.acse_timeout:g} s", True)
+        return None, ("association aborted during negotiation", True)
+
+    def _store_all(
+        self,
+        assoc: Association,
+        pending: list[InstanceFile],
+        on_sent: OnSent,
+        outcome: SendOutcome,
+    ) -> tuple[list[InstanceFile], _Lost | None]:
+        accepted: dict[str, list[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+        msg_id = 0
+        for index, f in enumerate(pending):
+            if not assoc.is_established:
+                return pending[index:], _Lost("association ended by the peer", stalled=False)
+            try:
+                payload = _payload(f, accepted.get(f.sop_class_uid, []))
+            except _Unsendable as exc:
+                outcome.failed[f.instance_id] = str(exc)
+                continue
+            msg_id = msg_id % 65535 + 1
+            asked = time.monotonic()
+            try:
+                rsp = assoc.send_c_store(payload, msg_id=msg_id)
+            except (ValueError, AttributeError) as exc:
+                # No matching context after all, missing file meta, or the data set cannot be encoded.
+                outcome.failed[f.instance_id] = f"cannot send: {exc}"
+                continue
+            except OSError as exc:
+                outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc}"
+                continue
+            except RuntimeError:
+                return pending[index:], _Lost("association ended by the peer", stalled=False)
+            status = rsp.get("Status")
+            if status is None:
+                waited = time.monotonic() - asked
+                if waited >= _STALL_FRACTION * self._settings.dimse_timeout:
+                    return pending[index:], _Lost(
+                        f"no C-STORE response within dimse_timeout {self._settings.dimse_timeout:g} s "
+                        f"for SOP Instance {f.sop_instance_uid}",
+                        stalled=True,
+                    )
+                return pending[index:], _Lost(
+                    f"association aborted while waiting for the C-STORE response for SOP Instance "
+                    f"{f.sop_instance_uid}",
+                    stalled=False,
+                )
+            status = int(status)
+            outcome.statuses[f.instance_id] = status
+            if is_delivered(status):
+                outcome.sent.append(f.instance_id)
+                on_sent(f, status)
+            else:
+                outcome.failed[f.instance_id] = f"status {describe_status(status)}"
+                logger.warning(
+                    "C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(status)
+                )
+        return [], None
+
+
+def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:
+    """The file path (send as stored) or a transcoded dataset, for the syntaxes the peer accepted."""
+    if not accepted:
+        raise _Unsendable(f"the peer accepted no presentation context for {UID(f.sop_class_uid).name}")
+    if f.transfer_syntax_uid in accepted:
+        return f.path
+    for target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        if target in accepted and can_transcode(f.transfer_syntax_uid, target):
+            try:
+                return load_for_target(f.path, f.transfer_syntax_uid)
+            except TranscodeError as exc:
+                raise _Unsendable(str(exc)) from exc
+    names = ", ".join(UID(ts).name for ts in accepted)
+    raise _Unsendable(
+        f"stored as {UID(f.transfer_syntax_uid).name}, the peer accepted only {names} "
+        f"for {UID(f.sop_class_uid).name}"
+    )
+
+
+def _mark_connected(event: evt.Event, connected: list[bool]) -> None:
+    connected.append(True)
+
+
+def _probe(host: str, port: int, ae: AE) -> str:
+    """Why a TCP connection to host:port fails (pynetdicom only logs it): one connect attempt."""
+    timeout = ae.connection_timeout or 10.0
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return "the connection failed, but a second attempt succeeded (peer just came up?)"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__

@@ -1,0 +1,234 @@
+"""The DICOM SCP: C-ECHO and C-STORE, calling-AE allow-list, graceful drain.
+
+Handlers are plain functions with their dependencies bound (pynetdicom's evt_handlers args). The
+C-STORE handler does only what must happen before the status: validate, spool with fsync, commit
+the database row. Completion timers are re-armed through the tracker (a scheduler call, cheap).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.server import ThreadedAssociationServer
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from node import audit
+from node.audit import Events
+from node.config import ReceiveSettings
+from node.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
+from node.netloop import install_poll_delay, tune_association
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+# A-ASSOCIATE-RJ reasons: (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
+REJECT_BUSY = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    # ErrorComment is LO: at most 64 characters.
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def _peer(event: evt.Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{requestor.address}:{requestor.port}"
+
+
+def _calling_ae(event: evt.Event) -> str:
+    primitive = event.assoc.requestor.primitive
+    title = primitive.calling_ae_title if primitive is not None else event.assoc.requestor.ae_title
+    return str(title).strip()
+
+
+def handle_echo(event: evt.Event) -> int:
+    return 0x0000
+
+
+def handle_store(
+    event: evt.Event, ingest: Ingest, on_stored: Callable[[str, object, bool], None]
+) -> int | Dataset:
+    calling_ae = event.assoc.requestor.ae_title.strip()
+    peer = _peer(event)
+    try:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+    except Exception as exc:  # pydicom raises assorted errors on garbage; answer "cannot understand"
+        rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
+        ingest.audit_rejection(Received(b"", Dataset(), "", calling_ae, peer), rejected)
+        return _status(rejected.status, rejected.reason)
+    item = Received(
+        data=event.encoded_dataset(),
+        dataset=dataset,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_ae=calling_ae,
+        peer=peer,
+        command_sop_class_uid=str(event.request.AffectedSOPClassUID),
+        command_sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
+    )
+    try:
+        accepted = ingest.accept(item)
+    except RejectedInstance as exc:
+        return _status(exc.status, exc.reason)
+    on_stored(accepted.series_uid, accepted.last_received_at, accepted.expected_count_reached)
+    return 0x0000
+
+
+class AssociationPolicy:
+    """Decides who may associate and audits the decision; also drains on shutdown."""
+
+    def __init__(self, settings: ReceiveSettings, session_factory: sessionmaker[Session]) -> None:
+        self._allowed = settings.allowed_callers
+        self._sessions = session_factory
+        self._draining = threading.Event()
+
+    def drain(self) -> None:
+        """Refuse new associations (transient rejection) while the ones in progress finish."""
+        self._draining.set()
+
+    def is_allowed(self, calling_ae: str, host: str) -> bool:
+        if not self._allowed:
+            return True
+        return any(a.ae_title == calling_ae and (a.host is None or a.host == host) for a in self._allowed)
+
+    def on_requested(self, event: evt.Event) -> None:
+        calling_ae = _calling_ae(event)
+        host = event.assoc.requestor.address
+        if self._draining.is_set():
+            reason, why = REJECT_BUSY, "node is shutting down"
+        elif not self.is_allowed(calling_ae, host):
+            reason, why = REJECT_CALLING_AE, "calling AE title/host not in allowed_callers"
+        else:
+            return
+        event.assoc.acse.send_reject(*reason)
+        logger.warning("association from %s (%s) rejected: %s", calling_ae, host, why)
+        self._audit(
+            Events.ASSOCIATION_REJECTED,
+            why,
+            calling_ae,
+            _peer(event),
+            {"result": reason[0], "source": reason[1], "diagnostic": reason[2]},
+        )
+
+    def on_accepted(self, event: evt.Event) -> None:
+        contexts = sorted({str(cx.transfer_syntax[0]) for cx in event.assoc.accepted_contexts})
+        self._audit(
+            Events.ASSOCIATION_ACCEPTED, "", _calling_ae(event), _peer(event), {"transfer_syntaxes": contexts}
+        )
+
+    def _audit(
+        self, event_name: str, message: str, calling_ae: str, peer: str, details: dict[str, object]
+    ) -> None:
+        try:
+            with self._sessions() as session, session.begin():
+                audit.record(session, event_name, message, calling_ae=calling_ae, peer=peer, details=details)
+        except SQLAlchemyError:
+            logger.exception("could not audit %s from %s", event_name, calling_ae)
+
+
+def build_ae(settings: ReceiveSettings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = 0  # no limit on what we receive: fewer, larger P-DATA PDUs
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.require_called_aet = False
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+    return ae
+
+
+class StorageSCP:
+    """Owns the AE and its server thread."""
+
+    def __init__(
+        self,
+        settings: ReceiveSettings,
+        ingest: Ingest,
+        session_factory: sessionmaker[Session],
+        on_stored: Callable[[str, object, bool], None],
+    ) -> None:
+        self._settings = settings
+        install_poll_delay(settings.poll_delay_seconds)
+        self.ae = build_ae(settings)
+        self.policy = AssociationPolicy(settings, session_factory)
+        self._handlers = [
+            (evt.EVT_CONN_OPEN, tune_association),
+            (evt.EVT_REQUESTED, self.policy.on_requested),
+            (evt.EVT_ACCEPTED, self.policy.on_accepted),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [ingest, on_stored]),
+        ]
+        self._server: ThreadedAssociationServer | None = None
+
+    def start(self) -> int:
+        """Start listening; returns the bound port (useful when the configured port is 0)."""
+        self._server = self.ae.start_server(
+            (self._settings.host, self._settings.port), block=False, evt_handlers=self._handlers
+        )
+        port = int(self._server.server_address[1])
+        logger.info("listening as %s on %s:%d", self._settings.ae_title, self._settings.host, port)
+        return port
+
+    def active_associations(self) -> int:
+        return len(self.ae.active_associations)
+
+    def stop(self, drain_seconds: float) -> None:
+        """Refuse new associations, wait up to drain_seconds for those in progress, then close."""
+        self.policy.drain()
+        finished = threading.Event()
+
+        def _wait() -> None:
+            while self.ae.active_associations and not finished.wait(0.05):
+                pass
+
+        waiter = threading.Thread(target=_wait, daemon=True)
+        waiter.start()
+        waiter.join(drain_seconds)
+        finished.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,96 @@
+"""Durable instance store: write to a temp file, fsync, rename into place, fsync the directory.
+
+Paths are built only from validated UIDs (node.uids), so no sender can choose where a file lands.
+Layout: <root>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>[~<n>].dcm (~n: a replacement)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from node.errors import SpoolError
+from node.uids import require_uid
+
+logger = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.instances_dir = root / "instances"
+        self.tmp_dir = root / "tmp"
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_tmp()
+
+    def _clean_tmp(self) -> None:
+        # Anything left here was never acknowledged (a crash mid-write): safe to remove.
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+
+    @staticmethod
+    def relative_path(study_uid: str, series_uid: str, sop_uid: str, variant: int = 0) -> str:
+        study = require_uid("StudyInstanceUID", study_uid)
+        series = require_uid("SeriesInstanceUID", series_uid)
+        sop = require_uid("SOPInstanceUID", sop_uid)
+        suffix = f"~{variant}" if variant else ""
+        return f"{study}/{series}/{sop}{suffix}.dcm"
+
+    def absolute(self, relative: str) -> Path:
+        return self.instances_dir / relative
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Write `data` durably at `relative`; on any failure nothing is left behind."""
+        target = self.absolute(relative)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            new_dir = not target.parent.exists()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, target)
+            _fsync_dir(target.parent)
+            if new_dir:
+                _fsync_dir(target.parent.parent)
+                _fsync_dir(target.parent.parent.parent)
+        except OSError as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise SpoolError(f"cannot write {relative}: {exc.strerror or exc}") from exc
+
+    def remove(self, relative: str) -> None:
+        self.absolute(relative).unlink(missing_ok=True)
+
+    def prune_series_dir(self, study_uid: str, series_uid: str) -> None:
+        """Remove the series folder (and its study folder) if empty; never touches files."""
+        folder = (
+            self.instances_dir
+            / require_uid("StudyInstanceUID", study_uid)
+            / require_uid("SeriesInstanceUID", series_uid)
+        )
+        for empty in (folder, folder.parent):
+            try:
+                empty.rmdir()
+            except OSError:  # not empty (new instances arrived) or already gone
+                return
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

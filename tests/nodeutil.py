@@ -1,0 +1,118 @@
+"""Run a NodeService in-process on a free loopback port, and small helpers to talk to it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+from node.app import NodeService
+from node.config import Settings
+from node.netloop import CONN_OPEN_HANDLERS
+
+T = TypeVar("T")
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    receive = {"port": 0, "host": "127.0.0.1", **overrides.pop("receive", {})}
+    completion = {"quiet_seconds": 0.5, **overrides.pop("completion", {})}
+    forward = {
+        "backoff_initial_seconds": 0.2,
+        "backoff_factor": 2.0,
+        "max_attempts": 3,
+        "dimse_timeout": 5,
+        **overrides.pop("forward", {}),
+    }
+    raw = {
+        "data_dir": str(tmp_path / "data"),
+        "receive": receive,
+        "completion": completion,
+        "forward": forward,
+        **overrides,
+    }
+    return Settings.model_validate(raw)
+
+
+@contextmanager
+def running_node(settings: Settings) -> Iterator[NodeService]:
+    service = NodeService(settings)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop(drain_seconds=5)
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def synthetic_ct(
+    series_uid: str | None = None, study_uid: str | None = None, number: int = 1, rows: int = 16
+) -> Dataset:
+    """A small but valid CT image instance (explicit VR little endian)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName = "Test^Patient"
+    ds.PatientID = "TEST123"
+    ds.InstanceNumber = number
+    ds.SeriesDescription = "CHEST WO"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows = rows
+    ds.Columns = rows
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = bytes((number + i) % 251 for i in range(rows * rows * 2))
+    return ds
+
+
+def scu(ae_title: str = "TESTSCU") -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = 10
+    ae.dimse_timeout = 10
+    ae.network_timeout = 10
+    return ae
+
+
+def store(port: int, datasets: list[Dataset], ae_title: str = "TESTSCU") -> list[int]:
+    """Send datasets on one association; returns each C-STORE status."""
+    assoc = scu(ae_title).associate("127.0.0.1", port, ae_title="NODE", evt_handlers=CONN_OPEN_HANDLERS)
+    assert assoc.is_established, "association to the node was not established"
+    try:
+        statuses = []
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else -1)
+        return statuses
+    finally:
+        assoc.release()

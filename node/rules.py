@@ -1,0 +1,563 @@
+"""Routing rules: models, loading with errors that name file, line, rule and field, and pure evaluation.
+
+    ruleset = load_rules(Path("rules/example.yaml"))       # RulesError if anything is wrong
+    decision = evaluate(ruleset, facts)                     # pure: no I/O, no clock
+    decision.destinations                                   # {"pacs": ["ct-to-pacs"]}
+    decision.to_audit()                                     # JSON-serialisable explanation
+
+The semantics (order, stop/continue, discard, fallback, operators) are documented in docs/rules.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from node.destinations import DimseDestination
+from node.errors import RulesError
+from node.facts import SeriesFacts
+from node.rules_conditions import LEAF_KEYS, REDACTED, Condition, ConditionTrace, GroupTrace, LeafTrace, show
+from node.rules_yaml import LineDict, load_yaml, yaml_error_line
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_RE_COMPILED = re.compile(NAME_PATTERN)
+FALLBACK = "fallback"  # the pseudo rule name under which the fallback's destinations are recorded
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _action_problem(send_to: list[str] | None, discard: bool) -> str | None:
+    if send_to and discard:
+        return "give either send_to or discard: true, not both"
+    if not send_to and not discard:
+        return "needs an action: send_to: [DESTINATION, ...] or discard: true"
+    if send_to:
+        twice = sorted({d for d in send_to if send_to.count(d) > 1})
+        if twice:
+            return f"send_to lists {', '.join(twice)} more than once"
+    return None
+
+
+class Rule(_Strict):
+    """A named condition and what to do with a series that meets it."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique; letters, digits, '_', '.', '-'")
+    description: str | None = None
+    when: Condition | None = Field(None, description="absent: the rule matches every series")
+    send_to: list[str] | None = Field(None, min_length=1, description="destination names")
+    discard: bool = Field(False, description="forward nowhere, and stop")
+    on_match: Literal["stop", "continue"] = Field(
+        "stop",
+        description="stop: later rules are not evaluated; continue: they are, and their destinations add up",
+    )
+
+    @model_validator(mode="after")
+    def _action(self) -> Rule:
+        problem = _action_problem(self.send_to, self.discard)
+        if problem:
+            raise ValueError(problem)
+        if self.discard and self.on_match == "continue":
+            raise ValueError("a discard rule always stops; remove on_match: continue")
+        if self.name == FALLBACK:
+            raise ValueError(f"the rule name {FALLBACK!r} is reserved")
+        return self
+
+
+class Fallback(_Strict):
+    """What happens to a series that no rule matched."""
+
+    send_to: list[str] | None = Field(None, min_length=1)
+    discard: bool = False
+
+    @model_validator(mode="after")
+    def _action(self) -> Fallback:
+        problem = _action_problem(self.send_to, self.discard)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+class RuleSet(_Strict):
+    """A whole rules file."""
+
+    version: Literal[1] = 1
+    destinations: dict[str, DimseDestination] = Field(
+        default_factory=dict, description="name -> destination; the name is the key"
+    )
+    rules: list[Rule] = Field(default_factory=list, description="evaluated in order")
+    fallback: Fallback = Field(
+        default_factory=lambda: Fallback(send_to=None, discard=True),
+        description="applies when no rule matched; default: discard",
+    )
+
+    _source: str | None = PrivateAttr(None)
+    _sha256: str | None = PrivateAttr(None)
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _names_from_keys(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            key: ({"name": key, **dest} if isinstance(dest, dict) and "name" not in dest else dest)
+            for key, dest in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _cross_check(self, info: ValidationInfo) -> RuleSet:
+        if info.context and info.context.get("cross_checked"):
+            return self
+        problems = [p.message for p in _cross_problems(self.model_dump(by_alias=True, exclude_none=True))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def source(self) -> str | None:
+        """The file this rule set was loaded from."""
+        return self._source
+
+    @property
+    def sha256(self) -> str | None:
+        """Hash of the file's bytes: which version of the rules made a decision."""
+        return self._sha256
+
+    @property
+    def warnings(self) -> list[str]:
+        """Things that are legal but probably not meant (unused destinations, implicit fallback)."""
+        return list(self._warnings)
+
+    def destination(self, name: str) -> DimseDestination:
+        return self.destinations[name]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    rule: str | None = None
+    field: str | None = None
+    line: int | None = None
+
+
+class RulesFileError(RulesError):
+    """A rules file with one or more problems; `problems` lists each with its line, rule and field."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.problems = problems
+        if len(problems) == 1:
+            p = problems[0]
+            super().__init__(file, p.message, rule=p.rule, field=p.field, line=p.line)
+        else:
+            lines = [str(RulesError(file, p.message, p.rule, p.field, p.line)) for p in problems]
+            super().__init__(file, f"{len(problems)} problems:\n  " + "\n  ".join(lines))
+
+
+def _rule_label(rules: Any, index: int) -> str:
+    if isinstance(rules, list) and 0 <= index < len(rules):
+        rule = rules[index]
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str):
+            return rule["name"]
+    return f"#{index + 1}"
+
+
+def _line_of(mapping: Any, key: Any) -> int | None:
+    if isinstance(mapping, LineDict):
+        return mapping.key_lines.get(key, mapping.line)
+    return None
+
+
+def _cross_problems(raw: Any) -> list[Problem]:
+    """Problems that span several parts of the file: duplicate rule names, unknown destinations."""
+    if not isinstance(raw, dict):
+        return []
+    problems: list[Problem] = []
+    destinations = raw.get("destinations")
+    known = set(destinations) if isinstance(destinations, dict) else set()
+    used: set[str] = set()
+
+    def check_targets(owner: Any, rule: str | None, prefix: str) -> None:
+        targets = owner.get("send_to") if isinstance(owner, dict) else None
+        if not isinstance(targets, list):
+            return
+        for i, target in enumerate(targets):
+            if not isinstance(target, str):
+                continue
+            used.add(target)
+            if target not in known:
+                close = difflib.get_close_matches(target, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                listed = ", ".join(sorted(known)) or "none"
+                problems.append(
+                    Problem(
+                        f"unknown destination {target!r}{hint}; defined: {listed}",
+                        rule,
+                        f"{prefix}send_to[{i}]",
+                        _line_of(owner, "send_to"),
+                    )
+                )
+
+    rules = raw.get("rules")
+    seen: dict[str, int] = {}
+    if isinstance(rules, list):
+        for index, rule in enumerate(rules):
+            label = _rule_label(rules, index)
+            name = rule.get("name") if isinstance(rule, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    problems.append(
+                        Problem(
+                            f"duplicate rule name (first used by rule #{seen[name] + 1})",
+                            name,
+                            "name",
+                            _line_of(rule, "name"),
+                        )
+                    )
+                else:
+                    seen[name] = index
+            check_targets(rule, label, "")
+    check_targets(raw.get("fallback"), None, "fallback.")
+    if isinstance(destinations, dict):
+        for key, dest in destinations.items():
+            if not isinstance(key, str) or not _NAME_RE_COMPILED.match(key):
+                problems.append(
+                    Problem(
+                        "a destination name uses letters, digits, '_', '.', '-' (1-64)",
+                        None,
+                        f"destinations.{key}",
+                        _line_of(destinations, key),
+                    )
+                )
+            elif isinstance(dest, dict) and "name" in dest and dest["name"] != key:
+                problems.append(
+                    Problem(
+                        f"name {dest['name']!r} differs from its key {key!r}; omit it",
+                        None,
+                        f"destinations.{key}.name",
+                        _line_of(dest, "name"),
+                    )
+                )
+    return problems
+
+
+def _unused_destinations(raw: dict[str, Any]) -> list[str]:
+    used: set[str] = set()
+    for owner in [*(raw.get("rules") or []), raw.get("fallback") or {}]:
+        if isinstance(owner, dict) and isinstance(owner.get("send_to"), list):
+            used.update(t for t in owner["send_to"] if isinstance(t, str))
+    return sorted(set(raw.get("destinations") or {}) - used)
+
+
+_TAG_PREFIX = "cond:"
+_KNOWN_KEYS = sorted(
+    {
+        *RuleSet.model_fields,
+        *Rule.model_fields,
+        *DimseDestination.model_fields,
+        "all",
+        "any",
+        "not",
+        *LEAF_KEYS,
+    }
+    - {"in_"}
+)
+
+
+def _problem_from_error(error: Any, raw: Any) -> Problem:
+    loc: tuple[Any, ...] = tuple(error["loc"])
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    # Walk the raw YAML along the error's location, skipping the condition tags pydantic adds.
+    path: list[Any] = [p for p in loc if not (isinstance(p, str) and p.startswith(_TAG_PREFIX))]
+    node: Any = raw
+    line: int | None = raw.line if isinstance(raw, LineDict) else None
+    rule: str | None = None
+    parts: list[str] = []
+    for depth, step in enumerate(path):
+        if depth == 1 and path[0] == "rules" and isinstance(step, int):
+            rule = _rule_label(node, step)
+            node = node[step] if isinstance(node, list) and step < len(node) else None
+            line = node.line if isinstance(node, LineDict) else line
+            parts = []
+            continue
+        if isinstance(node, dict) and step in node:
+            line = _line_of(node, step) or line
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and step < len(node):
+            node = node[step]
+            line = node.line if isinstance(node, LineDict) else line
+        else:
+            node = None
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        else:
+            parts.append(("." if parts else "") + str(step))
+    where = "".join(parts) or None
+    if error["type"] == "extra_forbidden":
+        key = str(path[-1]) if path else "?"
+        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+        message = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    elif error["type"] == "missing":
+        message = "required"
+    return Problem(message, rule, where, line)
+
+
+def parse_rules(text: str, file: str) -> RuleSet:
+    """Validate the text of a rules file; `file` names it in errors. Raises RulesFileError."""
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as exc:
+        detail = str(getattr(exc, "problem", None) or exc)
+        line = yaml_error_line(exc)
+        raise RulesFileError(file, [Problem(f"not valid YAML: {detail}", line=line)]) from None
+    if raw is None:
+        raw = LineDict()
+        raw.key_lines = {}
+    if not isinstance(raw, dict):
+        raise RulesFileError(
+            file,
+            [Problem("the top level must be a mapping (version, destinations, rules, fallback)", line=1)],
+        )
+    problems = _cross_problems(raw)
+    ruleset: RuleSet | None = None
+    try:
+        ruleset = RuleSet.model_validate(raw, context={"cross_checked": True})
+    except ValidationError as exc:
+        problems.extend(_problem_from_error(e, raw) for e in exc.errors(include_url=False))
+    if problems or ruleset is None:
+        problems.sort(key=lambda p: p.line or 0)
+        raise RulesFileError(file, problems)
+    warnings = [f"destination {name!r} is not used by any rule" for name in _unused_destinations(raw)]
+    if "fallback" not in raw:
+        warnings.append("no fallback given: a series that no rule matches is discarded")
+    ruleset._warnings = warnings
+    ruleset._source = file
+    ruleset._sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return ruleset
+
+
+def load_rules(path: Path) -> RuleSet:
+    """Load and validate a rules file. Raises RulesError naming the file, line, rule and field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RulesError(str(path), f"not UTF-8 text: {exc.reason}") from None
+    return parse_rules(text, str(path))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    """What one rule did for one series."""
+
+    name: str
+    evaluated: bool
+    matched: bool
+    action: str  # "send_to pacs, research" or "discard"
+    on_match: str
+    condition: ConditionTrace | None = None
+    note: str | None = None
+
+    def to_audit(self, redact: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.name, "matched": self.matched}
+        if not self.evaluated:
+            out["evaluated"] = False
+        if self.condition is not None:
+            out["when"] = self.condition.to_audit(redact)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Where a series goes and why. `destinations` maps a destination name to the rules that chose it."""
+
+    series_uid: str
+    destinations: dict[str, list[str]]
+    discarded: bool
+    fallback_used: bool
+    rules: tuple[RuleTrace, ...]
+    stopped_by: str | None = None
+    # Destinations chosen by `continue` rules before a discard rule matched (and so not used).
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    rules_source: str | None = None
+    rules_sha256: str | None = None
+
+    @property
+    def destination_names(self) -> list[str]:
+        return list(self.destinations)
+
+    @property
+    def matched_rules(self) -> list[str]:
+        return [r.name for r in self.rules if r.matched]
+
+    def to_audit(self, redact: bool = True) -> dict[str, Any]:
+        """Compact JSON-serialisable explanation. Identifying values (patient ID, names, birth date) are
+        replaced by "<redacted>" unless redact is False (an interactive dry run)."""
+        out: dict[str, Any] = {
+            "series_uid": self.series_uid,
+            "destinations": {k: list(v) for k, v in self.destinations.items()},
+            "discarded": self.discarded,
+            "fallback_used": self.fallback_used,
+            "matched_rules": self.matched_rules,
+            "stopped_by": self.stopped_by,
+            "rules_sha256": self.rules_sha256,
+            "trace": [r.to_audit(redact) for r in self.rules],
+        }
+        if self.dropped:
+            out["dropped"] = {k: list(v) for k, v in self.dropped.items()}
+        return out
+
+    def summary(self) -> str:
+        if self.discarded:
+            why = FALLBACK if self.fallback_used else f"rule {self.stopped_by!r}"
+            return f"discarded ({why})"
+        parts = [f"{name} ({', '.join(by)})" for name, by in self.destinations.items()]
+        return "send to " + ", ".join(parts)
+
+    def render_text(self, redact: bool = False) -> str:
+        lines = []
+        for trace in self.rules:
+            if not trace.evaluated:
+                lines.append(f"  rule {trace.name}: not evaluated ({trace.note})")
+                continue
+            verdict = "MATCHED" if trace.matched else "no match"
+            consequence = f" -> {trace.action} ({trace.on_match})" if trace.matched else ""
+            lines.append(f"  rule {trace.name}: {verdict}{consequence}")
+            if trace.condition is None:
+                lines.append("      (no condition: matches every series)")
+            else:
+                rendered = trace.condition.render("      ")
+                if redact:
+                    rendered = [_redact_line(trace.condition, line) for line in rendered]
+                lines.extend(rendered)
+        if self.fallback_used:
+            lines.append("  no rule matched: fallback applies")
+        if self.dropped:
+            lines.append(f"  dropped by the discard: {', '.join(self.dropped)}")
+        lines.append(f"  => {self.summary()}")
+        return "\n".join(lines)
+
+
+def _redact_line(condition: ConditionTrace, line: str) -> str:
+    stack: list[ConditionTrace] = [condition]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, GroupTrace):
+            stack.extend(item.children)
+        elif isinstance(item, LeafTrace) and item.identifying and item.actual is not None:
+            line = line.replace(f"actual {show(item.actual)}", f"actual {REDACTED}")
+    return line
+
+
+def evaluate(ruleset: RuleSet, facts: SeriesFacts) -> RoutingDecision:
+    """Decide where a series goes. Pure: reads only the rule set and the facts.
+
+    Rules run in order. A matching rule adds its destinations; with on_match: stop (the default) later rules
+    are not evaluated, with continue they are. A matching discard rule stops and the series goes nowhere,
+    even to destinations that earlier continue rules chose. If no rule matched, the fallback applies.
+    """
+    chosen: dict[str, list[str]] = {}
+    traces: list[RuleTrace] = []
+    stopped_by: str | None = None
+    discarded = False
+    matched_any = False
+    for rule in ruleset.rules:
+        action = "discard" if rule.discard else "send_to " + ", ".join(rule.send_to or [])
+        if stopped_by is not None:
+            traces.append(
+                RuleTrace(
+                    rule.name,
+                    False,
+                    False,
+                    action,
+                    rule.on_match,
+                    note=f"rule {stopped_by!r} stopped evaluation",
+                )
+            )
+            continue
+        condition = rule.when.evaluate(facts) if rule.when is not None else None
+        matched = condition.result if condition is not None else True
+        traces.append(RuleTrace(rule.name, True, matched, action, rule.on_match, condition))
+        if not matched:
+            continue
+        matched_any = True
+        if rule.discard:
+            discarded = True
+            stopped_by = rule.name
+            continue
+        for name in rule.send_to or []:
+            chosen.setdefault(name, []).append(rule.name)
+        if rule.on_match == "stop":
+            stopped_by = rule.name
+    if not matched_any:
+        if ruleset.fallback.discard:
+            discarded = True
+        else:
+            chosen = {name: [FALLBACK] for name in ruleset.fallback.send_to or []}
+    dropped: dict[str, list[str]] = {}
+    if discarded and chosen:
+        dropped, chosen = chosen, {}
+    return RoutingDecision(
+        series_uid=facts.series_uid,
+        destinations=chosen,
+        discarded=discarded,
+        fallback_used=not matched_any,
+        rules=tuple(traces),
+        stopped_by=stopped_by,
+        dropped=dropped,
+        rules_source=ruleset.source,
+        rules_sha256=ruleset.sha256,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+
+def rules_json_schema() -> dict[str, Any]:
+    """JSON Schema of a rules file (rules/schema.json), for editors and for review."""
+    schema = RuleSet.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Routing rules of the DICOM node (rules/*.yaml)"
+    dest = schema.get("$defs", {}).get("DimseDestination", {})
+    # In the file a destination's name is its key under `destinations:`.
+    if "name" in dest.get("required", []):
+        dest["required"] = [r for r in dest["required"] if r != "name"]
+        dest["properties"]["name"]["description"] = "optional; defaults to (and must equal) the key"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(rules_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # python -m node.rules > rules/schema.json
+    print(schema_text(), end="")

@@ -1,0 +1,248 @@
+"""`node rules check` and `node rules test`: validate a rules file; dry-run it on DICOM files.
+
+The dry run reads headers only (no pixel data), groups instances by SeriesInstanceUID, and shows per series
+which rules matched, why each did or did not, and where the series would go. Nothing is sent.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import struct
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from node.errors import InvalidUIDError, RulesError
+from node.facts import SeriesFacts
+from node.rules import RoutingDecision, RuleSet, evaluate, load_rules
+
+logger = logging.getLogger(__name__)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def facts_from_dataset(
+    ds: Dataset,
+    instance_count: int,
+    calling_ae: str | None = None,
+    generation: int = 1,
+    extra: dict[str, Any] | None = None,
+) -> SeriesFacts:
+    """SeriesFacts for a series from the header of one representative instance (pixel data left out)."""
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    if not series_uid:
+        raise InvalidUIDError("SeriesInstanceUID", None)
+    header = ds
+    if any(tag in ds for tag in _PIXEL_TAGS):
+        header = Dataset()
+        for elem in ds:
+            if elem.tag not in _PIXEL_TAGS:
+                header.add(elem)
+        file_meta = getattr(ds, "file_meta", None)
+        if file_meta is not None:
+            header.file_meta = file_meta
+    return SeriesFacts(
+        series_uid=series_uid,
+        attributes=header,
+        instance_count=instance_count,
+        calling_ae=calling_ae,
+        generation=generation,
+        extra=dict(extra or {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Series:
+    uid: str
+    first_path: Path
+    representative: Dataset
+    rep_key: tuple[float, str]
+    instances: set[str] = field(default_factory=set)
+    files: int = 0
+
+
+@dataclass
+class ScanResult:
+    series: list[_Series]
+    skipped: list[tuple[Path, str]]
+
+
+def _files(path: Path) -> Iterator[Path]:
+    if path.is_file():
+        yield path
+        return
+    for child in sorted(path.rglob("*")):
+        if child.is_file():
+            yield child
+
+
+def _instance_number(ds: Dataset) -> float:
+    value = ds.get("InstanceNumber")
+    try:
+        return float(value) if value not in (None, "") else float("inf")
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def scan(path: Path) -> ScanResult:
+    """Read the headers of every DICOM file under path; group them by series (first seen first)."""
+    series: dict[str, _Series] = {}
+    skipped: list[tuple[Path, str]] = []
+    for file in _files(path):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except InvalidDicomError:
+            skipped.append((file, "not a DICOM file"))
+            continue
+        except (OSError, ValueError, EOFError, struct.error) as exc:
+            skipped.append((file, f"unreadable DICOM: {exc}"))
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        if not uid:
+            skipped.append((file, "no SeriesInstanceUID"))
+            continue
+        key = (_instance_number(ds), str(file))
+        entry = series.get(uid)
+        if entry is None:
+            entry = series[uid] = _Series(uid, file, ds, key)
+        elif key < entry.rep_key:
+            entry.representative, entry.rep_key = ds, key
+        entry.instances.add(str(ds.get("SOPInstanceUID", "") or file))
+        entry.files += 1
+    return ScanResult(list(series.values()), skipped)
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _describe(ds: Dataset) -> dict[str, str]:
+    return {
+        "modality": str(ds.get("Modality", "") or ""),
+        "description": str(ds.get("SeriesDescription", "") or ""),
+    }
+
+
+def _render_text(
+    ruleset: RuleSet, result: ScanResult, decisions: list[tuple[_Series, RoutingDecision]]
+) -> str:
+    lines = [f"rules: {ruleset.source} (sha256 {str(ruleset.sha256)[:12]})"]
+    for warning in ruleset.warnings:
+        lines.append(f"warning: {warning}")
+    for path, why in result.skipped:
+        lines.append(f"skipped {path}: {why}")
+    for entry, decision in decisions:
+        info = _describe(entry.representative)
+        lines.append("")
+        lines.append(f"series {entry.uid}")
+        lines.append(
+            f"  modality {info['modality'] or '-'}, description {info['description']!r}, "
+            f"{len(entry.instances)} instances (first file {entry.first_path})"
+        )
+        lines.append(decision.render_text())
+    lines.append("")
+    lines.append(f"{len(decisions)} series, {len(result.skipped)} files skipped")
+    return "\n".join(lines) + "\n"
+
+
+def _render_json(
+    ruleset: RuleSet, result: ScanResult, decisions: list[tuple[_Series, RoutingDecision]]
+) -> str:
+    out = {
+        "rules": ruleset.source,
+        "rules_sha256": ruleset.sha256,
+        "warnings": ruleset.warnings,
+        "skipped": [{"path": str(p), "reason": why} for p, why in result.skipped],
+        "series": [
+            {
+                "series_uid": entry.uid,
+                **_describe(entry.representative),
+                "instance_count": len(entry.instances),
+                "decision": decision.to_audit(redact=False),
+            }
+            for entry, decision in decisions
+        ],
+    }
+    return jsonlib.dumps(out, indent=2) + "\n"
+
+
+def dry_run(rules_path: Path, dicom_path: Path, json: bool = False) -> str:
+    """Evaluate the rules on every series found under dicom_path; the report as text or JSON.
+
+    Raises RulesError for an invalid rules file and FileNotFoundError for a missing dicom_path.
+    """
+    return _dry_run(rules_path, dicom_path, json)[0]
+
+
+def _dry_run(rules_path: Path, dicom_path: Path, json: bool) -> tuple[str, int]:
+    ruleset = load_rules(Path(rules_path))
+    dicom_path = Path(dicom_path)
+    if not dicom_path.exists():
+        raise FileNotFoundError(f"{dicom_path}: no such file or folder")
+    result = scan(dicom_path)
+    decisions = []
+    for entry in result.series:
+        facts = facts_from_dataset(entry.representative, len(entry.instances))
+        decisions.append((entry, evaluate(ruleset, facts)))
+    render = _render_json if json else _render_text
+    return render(ruleset, result, decisions), len(decisions)
+
+
+def check(path: Path) -> tuple[bool, str]:
+    """Validate a rules file (or every *.yaml / *.yml in a folder): (ok, message for the user)."""
+    path = Path(path)
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    if not files:
+        return False, f"{path}: no *.yaml rules files in this folder"
+    ok = True
+    messages = []
+    for file in files:
+        try:
+            ruleset = load_rules(file)
+        except RulesError as exc:
+            ok = False
+            messages.append(str(exc))
+            continue
+        fallback = ruleset.fallback
+        action = "discard" if fallback.discard else "send_to " + ", ".join(fallback.send_to or [])
+        counts = f"{len(ruleset.destinations)} destinations, {len(ruleset.rules)} rules"
+        messages.append(f"{file}: OK: {counts}, fallback {action}")
+        messages.extend(f"{file}: warning: {w}" for w in ruleset.warnings)
+    return ok, "\n".join(messages)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_rules_check(path: Path) -> int:
+    """`node rules check PATH`: 0 if valid (report on stdout), 1 if not (errors on stderr)."""
+    ok, message = check(path)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_rules_test(rules: Path, data: Path, as_json: bool) -> int:
+    """`node rules test PATH`: 0 with a report on stdout; 1 for invalid rules, 2 for unusable data."""
+    try:
+        report, count = _dry_run(rules, data, as_json)
+    except RulesError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    sys.stdout.write(report)
+    if count == 0:
+        print(f"{data}: no DICOM series found", file=sys.stderr)
+        return 2
+    return 0

@@ -385,6 +385,8 @@ class NotCondition(_Model):
 class AttributeCondition(_Model):
     """One field, one operator: `{attribute: Modality, equals: CT}`."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": [op]} for op in OPERATORS]})
+
     attribute: str = Field(
         description="DICOM keyword, tag (gggg,eeee), or node field (series.*, prediction.*...)"
     )
@@ -531,8 +533,11 @@ class AttributeCondition(_Model):
             matched = self._pattern.fullmatch(joined) is not None
             return matched, "matches" if matched else "does not match"
         if op == "contains":
-            wanted = self._text(expected)
-            found = any(self._text(v) == wanted for v in obs.values)
+            if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+                found = any(as_number(v) == float(expected) for v in obs.values)
+            else:
+                wanted = self._text(expected)
+                found = any(self._text(v) == wanted for v in obs.values)
             count = len(obs.values)
             return found, (f"one of {count} values" if found else f"not among {count} values")
         # numeric

@@ -1,0 +1,206 @@
+"""Loading rules files: what is accepted, and errors that name the file, line, rule and field."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from node.errors import RulesError
+from node.rules import RulesFileError, load_rules, schema_text
+from node.rules_yaml import load_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+version: 1
+destinations:
+  pacs: {kind: dimse, ae_title: ORTHANC, host: 127.0.0.1, port: 4242}
+  research: {ae_title: RESEARCH, host: 127.0.0.1, port: 4243, calling_ae_title: NODE_R}
+rules:
+  - name: ct-to-pacs
+    when: {attribute: Modality, equals: CT}
+    send_to: [pacs]
+    on_match: continue
+  - name: contrast
+    when:
+      any:
+        - {attribute: prediction.contrast, equals: yes}
+        - {attribute: ContrastBolusAgent, exists: true}
+    send_to: [research]
+  - name: drop-sr
+    when: {attribute: Modality, equals: SR}
+    discard: true
+fallback: {send_to: [pacs]}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> RulesFileError:
+    path = write(tmp_path, text)
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    assert isinstance(info.value, RulesFileError)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_good_file_loads(tmp_path: Path) -> None:
+    ruleset = load_rules(write(tmp_path, GOOD))
+    assert [r.name for r in ruleset.rules] == ["ct-to-pacs", "contrast", "drop-sr"]
+    assert ruleset.destinations["pacs"].name == "pacs"
+    assert ruleset.destinations["pacs"].port == 4242
+    assert ruleset.destinations["research"].calling_ae_title == "NODE_R"
+    assert ruleset.fallback.send_to == ["pacs"]
+    assert ruleset.rules[0].on_match == "continue"
+    assert ruleset.rules[1].on_match == "stop"  # the default
+    assert ruleset.source == str(tmp_path / "rules.yaml")
+    assert ruleset.sha256 is not None and len(ruleset.sha256) == 64
+    assert ruleset.warnings == []
+
+
+def test_yes_and_no_stay_strings(tmp_path: Path) -> None:
+    ruleset = load_rules(write(tmp_path, GOOD))
+    condition = ruleset.rules[1].when
+    assert condition is not None
+    first = condition.any_[0]  # type: ignore[union-attr]
+    assert first.equals == "yes"  # YAML 1.1 would have made it True
+    assert load_yaml("a: no\nb: on\nc: 010\nd: 2024-01-01\ne: true\nf: 1.5\ng: 1.2.840\nh: 0x10\n") == {
+        "a": "no", "b": "on", "c": 10, "d": "2024-01-01", "e": True, "f": 1.5, "g": "1.2.840", "h": 16,
+    }
+
+
+def test_empty_file_means_discard_everything_with_a_warning(tmp_path: Path) -> None:
+    ruleset = load_rules(write(tmp_path, ""))
+    assert ruleset.rules == [] and ruleset.fallback.discard is True
+    assert any("no fallback" in w for w in ruleset.warnings)
+
+
+def test_unused_destination_is_a_warning(tmp_path: Path) -> None:
+    ruleset = load_rules(write(tmp_path, GOOD.replace("fallback: {send_to: [pacs]}", "fallback: {discard: true}")
+                               .replace("send_to: [research]", "send_to: [pacs]")))
+    assert ruleset.warnings == ["destination 'research' is not used by any rule"]
+
+
+def test_unknown_destination(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("send_to: [research]", "send_to: [reserch]"))
+    text = str(error)
+    assert "rule 'contrast'" in text and "send_to[0]" in text and "'reserch'" in text
+    assert "did you mean 'research'" in text
+    assert ":15:" in text  # the line of send_to
+    assert (error.rule, error.field, error.line) == ("contrast", "send_to[0]", 15)
+
+
+def test_unknown_destination_in_fallback(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("fallback: {send_to: [pacs]}", "fallback: {send_to: [archive]}"))
+    assert error.field == "fallback.send_to[0]" and "unknown destination 'archive'" in str(error)
+
+
+def test_keyword_typo_names_file_line_rule_and_field(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("{attribute: ContrastBolusAgent,", "{attribute: ContrastBolus,"))
+    assert (error.rule, error.field, error.line) == ("contrast", "when.any[1].attribute", 14)
+    assert "unknown DICOM keyword 'ContrastBolus'" in str(error)
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("equals: SR}", "regex: '[SR'}"))
+    assert (error.rule, error.field, error.line) == ("drop-sr", "when.regex", 17)
+    assert "invalid regular expression" in str(error)
+
+
+def test_unknown_operator(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("{attribute: Modality, equals: CT}", "{attribute: Modality, eq: CT}"))
+    assert (error.rule, error.field, error.line) == ("ct-to-pacs", "when", 7)
+    assert "unknown operator 'eq' (did you mean 'equals'?)" in str(error)
+
+
+def test_rule_without_action(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("    discard: true\n", ""))
+    assert error.rule == "drop-sr" and "needs an action" in str(error)
+    assert error.line == 16
+
+
+def test_rule_with_both_actions_and_discard_continue(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("    discard: true\n", "    discard: true\n    send_to: [pacs]\n"))
+    assert "not both" in str(error)
+    error = load_error(tmp_path, GOOD.replace("    discard: true\n", "    discard: true\n    on_match: continue\n"))
+    assert "always stops" in str(error)
+
+
+def test_duplicate_rule_names(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("name: drop-sr", "name: ct-to-pacs"))
+    assert (error.rule, error.field, error.line) == ("ct-to-pacs", "name", 16)
+    assert "duplicate rule name" in str(error)
+
+
+def test_unknown_rule_key_and_bad_on_match(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("send_to: [research]", "sendto: [research]"))
+    assert any(p.field == "sendto" and "did you mean 'send_to'" in p.message for p in error.problems)
+    error = load_error(tmp_path, GOOD.replace("on_match: continue", "on_match: go-on"))
+    assert (error.rule, error.field) == ("ct-to-pacs", "on_match")
+
+
+def test_bad_destination(tmp_path: Path) -> None:
+    error = load_error(tmp_path, GOOD.replace("port: 4242", "port: 99999"))
+    assert (error.rule, error.field, error.line) == (None, "destinations.pacs.port", 3)
+    error = load_error(tmp_path, GOOD.replace("ae_title: ORTHANC", "ae_title: WAY_TOO_LONG_AE_TITLE_X"))
+    assert error.field == "destinations.pacs.ae_title" and "AE title" in str(error)
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    text = (GOOD.replace("equals: CT}", "equal: CT}")
+            .replace("send_to: [research]", "send_to: [nowhere]")
+            .replace("name: drop-sr", "name: contrast"))
+    error = load_error(tmp_path, text)
+    assert len(error.problems) == 3
+    assert "3 problems" in str(error)
+    assert [p.line for p in error.problems] == sorted(p.line or 0 for p in error.problems)
+
+
+def test_yaml_syntax_error_and_duplicate_key(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "rules:\n  - name: a\n    when: {attribute: Modality, equals: [CT}\n")
+    assert "not valid YAML" in str(error) and error.line == 3
+    error = load_error(tmp_path, "rules:\n  - name: a\n    when: {attribute: Modality, equals: CT, equals: MR}\n"
+                                 "    discard: true\n")
+    assert "duplicate key 'equals'" in str(error) and error.line == 3
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "- a\n- b\n")
+    assert "top level must be a mapping" in str(error)
+    error = load_error(tmp_path, "version: 2\n")
+    assert error.field == "version"
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(RulesError) as info:
+        load_rules(tmp_path / "absent.yaml")
+    assert "absent.yaml" in str(info.value) and "cannot read" in str(info.value)
+
+
+def test_repository_rules_are_valid() -> None:
+    for path in sorted((REPO / "rules").glob("*.yaml")):
+        ruleset = load_rules(path)
+        assert ruleset.rules, path
+
+
+def test_schema_is_up_to_date() -> None:
+    committed = (REPO / "rules" / "schema.json").read_text(encoding="utf-8")
+    assert committed == schema_text(), "regenerate with: python -m node.rules > rules/schema.json"
+
+
+def test_schema_accepts_the_examples_and_rejects_a_bad_condition() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    schema = json.loads(schema_text())
+    for path in sorted((REPO / "rules").glob("*.yaml")):
+        jsonschema.validate(load_yaml(path.read_text(encoding="utf-8")), schema)
+    bad = {"rules": [{"name": "a", "when": {"attribute": "Modality"}, "discard": True}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)

@@ -15,6 +15,9 @@ aborting (pynetdicom issue #875). When a response does not come within ``dimse_t
 opens a new association and carries on with the instances not yet acknowledged, at most
 ``stall_retries`` times per association plan within one ``send()`` call.
 
+The stall has a cause that ``guard_responses`` removes on our associations (see there); the
+reconnect stays as the safety net.
+
 Network trouble never escapes as an exception: it becomes ``SendOutcome.error``.
 """
 
@@ -281,6 +284,7 @@ class DimseSender:
             evt_handlers=handlers,
         )
         if assoc.is_established:
+            guard_responses(assoc)
             return assoc, None
         if not connected:
             return None, (f"cannot connect: {_probe(destination.host, destination.port, ae)}", True)
@@ -378,6 +382,28 @@ def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:
         f"stored as {UID(f.transfer_syntax_uid).name}, the peer accepted only {names} "
         f"for {UID(f.sop_class_uid).name}"
     )
+
+
+def guard_responses(assoc: Association) -> None:
+    """Stop the association's reactor thread from taking C-STORE responses meant for send_c_store.
+
+    pynetdicom issue #875: ``send_c_store`` pauses the association reactor by clearing a checkpoint
+    and waiting for ``_is_paused``, a flag that can still read True while the reactor has already
+    passed the checkpoint. The reactor then calls ``dimse.get_msg(block=False)``; when the peer's
+    response arrives in that window (a fast peer on loopback), the reactor takes it, logs "Received
+    unexpected C-STORE-RSP service message" and drops it, and ``send_c_store`` waits for
+    ``dimse_timeout``. The reactor's non-blocking ``get_msg`` exists to serve requests from the peer;
+    a C-STORE SCU association carries none, so on our associations it always answers "nothing yet".
+    tests/unit/test_forward_dimse.py fails if pynetdicom's reactor stops using that call.
+    """
+    original = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            return None, None
+        return original(block=True)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
 def _mark_connected(event: evt.Event, connected: list[bool]) -> None:

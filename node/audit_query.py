@@ -319,7 +319,7 @@ def _fold_runs(events: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, st
                         e["event"],
                         e["destination"] or "",
                         "" if e["job_id"] is None else str(e["job_id"]),
-                        _one_line(e["message"]),
+                        _describe(e),
                     )
                 )
         i = j
@@ -328,6 +328,20 @@ def _fold_runs(events: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, st
 
 def _one_line(message: str) -> str:
     return " ".join(message.split())
+
+
+def _describe(e: dict[str, Any], width: int = 160) -> str:
+    """The event's message on one line; for events written without one, the instance UID and details."""
+    text = _one_line(e["message"])
+    if text:
+        return text
+    parts = []
+    if e.get("sop_instance_uid"):
+        parts.append(e["sop_instance_uid"])
+    if e.get("details"):
+        parts.append(json.dumps(e["details"], sort_keys=True, separators=(", ", "=")))
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def iso_text(value: str | None) -> str:
@@ -411,7 +425,7 @@ def render_series_story(story: dict[str, Any], all_events: bool = False) -> str:
                 e["event"],
                 e["destination"] or "",
                 "" if e["job_id"] is None else str(e["job_id"]),
-                _one_line(e["message"]),
+                _describe(e),
             )
             for e in story["events"]
         ]
@@ -433,7 +447,7 @@ def render_events(events: Sequence[dict[str, Any]]) -> str:
                 e["series_uid"] or "-",
                 e["destination"] or "-",
                 "-" if e["job_id"] is None else e["job_id"],
-                _one_line(e["message"]),
+                _describe(e),
             )
             for e in events
         ],

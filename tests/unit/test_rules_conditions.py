@@ -26,7 +26,9 @@ def header(**attributes: Any) -> Dataset:
 
 
 def facts(ds: Dataset | None = None, **kwargs: Any) -> SeriesFacts:
-    return SeriesFacts(series_uid="1.2.3", attributes=ds if ds is not None else ct(), instance_count=10, **kwargs)
+    return SeriesFacts(
+        series_uid="1.2.3", attributes=ds if ds is not None else ct(), instance_count=10, **kwargs
+    )
 
 
 def ct() -> Dataset:
@@ -103,7 +105,10 @@ def test_operator(condition: dict[str, Any], expected: bool) -> None:
     ("condition", "reason"),
     [
         ({"attribute": "ContrastBolusAgent", "equals": "IV"}, "missing"),
-        ({"attribute": "ContrastBolusAgent", "not_equals": "IV"}, "missing"),  # missing: false, even not_equals
+        (
+            {"attribute": "ContrastBolusAgent", "not_equals": "IV"},
+            "missing",
+        ),  # missing: false, even not_equals
         ({"attribute": "ContrastBolusAgent", "gt": 1}, "missing"),
         ({"attribute": "BodyPartExamined", "regex": ".*"}, "present but empty"),
         ({"attribute": "Modality", "gt": 1}, "'CT' is not a number"),
@@ -136,8 +141,12 @@ def test_combinators_nest_and_evaluate_every_child() -> None:
         {
             "all": [
                 {"attribute": "Modality", "equals": "CT"},
-                {"any": [{"attribute": "SeriesDescription", "regex": "(?i).*brain.*"},
-                         {"not": {"attribute": "ContrastBolusAgent", "exists": True}}]},
+                {
+                    "any": [
+                        {"attribute": "SeriesDescription", "regex": "(?i).*brain.*"},
+                        {"not": {"attribute": "ContrastBolusAgent", "exists": True}},
+                    ]
+                },
                 {"attribute": "SliceThickness", "range": [0.5, 3.0]},
             ]
         }
@@ -150,23 +159,42 @@ def test_combinators_nest_and_evaluate_every_child() -> None:
     assert any_trace.children[1].kind == "not"
     assert any_trace.children[1].children[0].result is False
 
-    assert cond({"all": [{"attribute": "Modality", "equals": "CT"},
-                         {"attribute": "Modality", "equals": "MR"}]}).evaluate(facts()).result is False
-    assert cond({"any": [{"attribute": "Modality", "equals": "PT"},
-                         {"attribute": "Modality", "equals": "MR"}]}).evaluate(facts()).result is False
+    assert (
+        cond({"all": [{"attribute": "Modality", "equals": "CT"}, {"attribute": "Modality", "equals": "MR"}]})
+        .evaluate(facts())
+        .result
+        is False
+    )
+    assert (
+        cond({"any": [{"attribute": "Modality", "equals": "PT"}, {"attribute": "Modality", "equals": "MR"}]})
+        .evaluate(facts())
+        .result
+        is False
+    )
     assert cond({"not": {"attribute": "Modality", "equals": "CT"}}).evaluate(facts()).result is False
 
 
 def test_node_fields_and_extra_namespaces() -> None:
-    f = facts(calling_ae="SCANNER1", generation=2,
-              extra={"classifiable": True, "prediction.body_part": "Chest", "prediction.confidence": 0.93,
-                     "disagreement.contrast": False, "prior.body_parts": ["CHEST", "ABDOMEN"]})
+    f = facts(
+        calling_ae="SCANNER1",
+        generation=2,
+        extra={
+            "classifiable": True,
+            "prediction.body_part": "Chest",
+            "prediction.confidence": 0.93,
+            "disagreement.contrast": False,
+            "prior.body_parts": ["CHEST", "ABDOMEN"],
+        },
+    )
     assert check({"attribute": "series.instance_count", "ge": 10}, f).result is True
     assert check({"attribute": "series.instance_count", "gt": 10}, f).result is False
     assert check({"attribute": "series.calling_ae", "equals": "SCANNER1"}, f).result is True
     assert check({"attribute": "series.generation", "equals": 2}, f).result is True
     assert check({"attribute": "classifiable", "equals": True}, f).result is True
-    assert check({"attribute": "prediction.body_part", "in": ["Chest", "Chest-abdomen-pelvis"]}, f).result is True
+    assert (
+        check({"attribute": "prediction.body_part", "in": ["Chest", "Chest-abdomen-pelvis"]}, f).result
+        is True
+    )
     assert check({"attribute": "prediction.confidence", "ge": 0.9}, f).result is True
     assert check({"attribute": "disagreement.contrast", "equals": False}, f).result is True
     assert check({"attribute": "prior.body_parts", "contains": "ABDOMEN"}, f).result is True
@@ -192,7 +220,9 @@ def test_identifying_fields_are_marked() -> None:
     assert check({"attribute": "Modality", "equals": "CT"}).identifying is False
     audit = check({"attribute": "PatientID", "equals": "PAT-123"}).to_audit()
     assert audit["actual"] == "<redacted>"
-    assert check({"attribute": "PatientID", "equals": "PAT-123"}).to_audit(redact=False)["actual"] == "PAT-123"
+    assert (
+        check({"attribute": "PatientID", "equals": "PAT-123"}).to_audit(redact=False)["actual"] == "PAT-123"
+    )
 
 
 @pytest.mark.parametrize("text", ["(0008,0060)", "0008,0060", "00080060", "(0008,0060) ", "Modality"])

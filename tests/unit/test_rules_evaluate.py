@@ -69,9 +69,11 @@ def test_continue_collects_every_match() -> None:
 
 
 def test_same_destination_from_two_rules_is_listed_once_with_both_rules() -> None:
-    ruleset = rules(ORDERED.replace("send_to: [research]", "send_to: [pacs]")
-                    .replace("send_to: [pacs]\n  - name: chest", "send_to: [pacs]\n    on_match: continue\n"
-                             "  - name: chest"))
+    ruleset = rules(
+        ORDERED.replace("send_to: [research]", "send_to: [pacs]").replace(
+            "send_to: [pacs]\n  - name: chest", "send_to: [pacs]\n    on_match: continue\n  - name: chest"
+        )
+    )
     decision = evaluate(ruleset, series())
     assert decision.destinations == {"pacs": ["ct-to-pacs", "chest-to-research"]}
     assert decision.destination_names == ["pacs"]
@@ -157,9 +159,17 @@ rules:
 fallback: {send_to: [pacs]}
 """
     ruleset = rules(body)
-    decision = evaluate(ruleset, series(**{"classifiable": True, "disagreement.body_part": True,
-                                           "prediction.body_part": "Chest",
-                                           "prediction.body_part_confidence": 0.91}))
+    decision = evaluate(
+        ruleset,
+        series(
+            **{
+                "classifiable": True,
+                "disagreement.body_part": True,
+                "prediction.body_part": "Chest",
+                "prediction.body_part_confidence": 0.91,
+            }
+        ),
+    )
     assert decision.destinations == {"qa": ["disagreement-to-qa"], "research": ["confident-chest"]}
     # Before the analysis step fills them, prediction fields behave as missing attributes.
     decision = evaluate(ruleset, series())
@@ -176,8 +186,14 @@ def test_audit_form_is_json_and_explains() -> None:
     assert audit["trace"][0] == {
         "rule": "ct-to-pacs",
         "matched": True,
-        "when": {"field": "Modality", "op": "equals", "expected": "CT", "actual": "CT", "result": True,
-                 "reason": "equal"},
+        "when": {
+            "field": "Modality",
+            "op": "equals",
+            "expected": "CT",
+            "actual": "CT",
+            "result": True,
+            "reason": "equal",
+        },
     }
 
 

@@ -73,7 +73,14 @@ def test_yes_and_no_stay_strings(tmp_path: Path) -> None:
     first = condition.any_[0]  # type: ignore[union-attr]
     assert first.equals == "yes"  # YAML 1.1 would have made it True
     assert load_yaml("a: no\nb: on\nc: 010\nd: 2024-01-01\ne: true\nf: 1.5\ng: 1.2.840\nh: 0x10\n") == {
-        "a": "no", "b": "on", "c": 10, "d": "2024-01-01", "e": True, "f": 1.5, "g": "1.2.840", "h": 16,
+        "a": "no",
+        "b": "on",
+        "c": 10,
+        "d": "2024-01-01",
+        "e": True,
+        "f": 1.5,
+        "g": "1.2.840",
+        "h": 16,
     }
 
 
@@ -84,8 +91,14 @@ def test_empty_file_means_discard_everything_with_a_warning(tmp_path: Path) -> N
 
 
 def test_unused_destination_is_a_warning(tmp_path: Path) -> None:
-    ruleset = load_rules(write(tmp_path, GOOD.replace("fallback: {send_to: [pacs]}", "fallback: {discard: true}")
-                               .replace("send_to: [research]", "send_to: [pacs]")))
+    ruleset = load_rules(
+        write(
+            tmp_path,
+            GOOD.replace("fallback: {send_to: [pacs]}", "fallback: {discard: true}").replace(
+                "send_to: [research]", "send_to: [pacs]"
+            ),
+        )
+    )
     assert ruleset.warnings == ["destination 'research' is not used by any rule"]
 
 
@@ -99,12 +112,16 @@ def test_unknown_destination(tmp_path: Path) -> None:
 
 
 def test_unknown_destination_in_fallback(tmp_path: Path) -> None:
-    error = load_error(tmp_path, GOOD.replace("fallback: {send_to: [pacs]}", "fallback: {send_to: [archive]}"))
+    error = load_error(
+        tmp_path, GOOD.replace("fallback: {send_to: [pacs]}", "fallback: {send_to: [archive]}")
+    )
     assert error.field == "fallback.send_to[0]" and "unknown destination 'archive'" in str(error)
 
 
 def test_keyword_typo_names_file_line_rule_and_field(tmp_path: Path) -> None:
-    error = load_error(tmp_path, GOOD.replace("{attribute: ContrastBolusAgent,", "{attribute: ContrastBolus,"))
+    error = load_error(
+        tmp_path, GOOD.replace("{attribute: ContrastBolusAgent,", "{attribute: ContrastBolus,")
+    )
     assert (error.rule, error.field, error.line) == ("contrast", "when.any[1].attribute", 14)
     assert "unknown DICOM keyword 'ContrastBolus'" in str(error)
 
@@ -116,7 +133,9 @@ def test_bad_regex(tmp_path: Path) -> None:
 
 
 def test_unknown_operator(tmp_path: Path) -> None:
-    error = load_error(tmp_path, GOOD.replace("{attribute: Modality, equals: CT}", "{attribute: Modality, eq: CT}"))
+    error = load_error(
+        tmp_path, GOOD.replace("{attribute: Modality, equals: CT}", "{attribute: Modality, eq: CT}")
+    )
     assert (error.rule, error.field, error.line) == ("ct-to-pacs", "when", 7)
     assert "unknown operator 'eq' (did you mean 'equals'?)" in str(error)
 
@@ -128,9 +147,13 @@ def test_rule_without_action(tmp_path: Path) -> None:
 
 
 def test_rule_with_both_actions_and_discard_continue(tmp_path: Path) -> None:
-    error = load_error(tmp_path, GOOD.replace("    discard: true\n", "    discard: true\n    send_to: [pacs]\n"))
+    error = load_error(
+        tmp_path, GOOD.replace("    discard: true\n", "    discard: true\n    send_to: [pacs]\n")
+    )
     assert "not both" in str(error)
-    error = load_error(tmp_path, GOOD.replace("    discard: true\n", "    discard: true\n    on_match: continue\n"))
+    error = load_error(
+        tmp_path, GOOD.replace("    discard: true\n", "    discard: true\n    on_match: continue\n")
+    )
     assert "always stops" in str(error)
 
 
@@ -155,9 +178,11 @@ def test_bad_destination(tmp_path: Path) -> None:
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
-    text = (GOOD.replace("equals: CT}", "equal: CT}")
-            .replace("send_to: [research]", "send_to: [nowhere]")
-            .replace("name: drop-sr", "name: contrast"))
+    text = (
+        GOOD.replace("equals: CT}", "equal: CT}")
+        .replace("send_to: [research]", "send_to: [nowhere]")
+        .replace("name: drop-sr", "name: contrast")
+    )
     error = load_error(tmp_path, text)
     assert len(error.problems) == 3
     assert "3 problems" in str(error)
@@ -167,8 +192,10 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
 def test_yaml_syntax_error_and_duplicate_key(tmp_path: Path) -> None:
     error = load_error(tmp_path, "rules:\n  - name: a\n    when: {attribute: Modality, equals: [CT}\n")
     assert "not valid YAML" in str(error) and error.line == 3
-    error = load_error(tmp_path, "rules:\n  - name: a\n    when: {attribute: Modality, equals: CT, equals: MR}\n"
-                                 "    discard: true\n")
+    error = load_error(
+        tmp_path,
+        "rules:\n  - name: a\n    when: {attribute: Modality, equals: CT, equals: MR}\n    discard: true\n",
+    )
     assert "duplicate key 'equals'" in str(error) and error.line == 3
 
 

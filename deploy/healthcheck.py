@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Health check for the node: a DICOM C-ECHO to its own SCP, using the node's own config file.
+
+Exit status 0 when the node answers the C-ECHO with Success, 1 otherwise (Docker HEALTHCHECK, systemd
+ExecStartPost, a monitoring probe). The config is the first argument, else $NODE_CONFIG, else
+/etc/node/node.yaml; the AE title and port come from its `receive` section. The node is asked on
+127.0.0.1 when it listens on all interfaces.
+
+Each check is a real association, so it appears in the audit trail (association.accepted) and, where
+`receive.allowed_callers` is set, the calling AE title below must be allowed from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import load_settings
+from node.errors import ConfigError
+
+CALLING_AE = os.environ.get("NODE_HEALTHCHECK_AE", "HEALTHCHECK")
+TIMEOUT_SECONDS = 5.0
+
+
+def check(config: Path | None) -> tuple[bool, str]:
+    settings = load_settings(config)
+    host = settings.receive.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    ae = AE(ae_title=CALLING_AE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, settings.receive.port, ae_title=settings.receive.ae_title)
+    where = f"{settings.receive.ae_title}@{host}:{settings.receive.port}"
+    if not assoc.is_established:
+        return False, f"no association with {where} (rejected, aborted or not listening)"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code != 0x0000:
+        return False, f"C-ECHO to {where} returned status {code!r}"
+    return True, f"C-ECHO to {where}: success"
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.CRITICAL)  # pynetdicom's own logging would drown the one line
+    default = os.environ.get("NODE_CONFIG", "/etc/node/node.yaml")
+    path = Path(argv[1]) if len(argv) > 1 else Path(default)
+    try:
+        ok, message = check(path if path.exists() else None)
+    except ConfigError as exc:
+        ok, message = False, str(exc)
+    print(message)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -338,8 +338,12 @@ def _describe(e: dict[str, Any], width: int = 160) -> str:
     parts = []
     if e.get("sop_instance_uid"):
         parts.append(e["sop_instance_uid"])
-    if e.get("details"):
-        parts.append(json.dumps(e["details"], sort_keys=True, separators=(", ", "=")))
+    details = e.get("details")
+    if isinstance(details, dict):
+        parts.extend(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
+            for k, v in sorted(details.items())
+        )
     text = " ".join(parts)
     return text if len(text) <= width else text[: width - 3] + "..."
 

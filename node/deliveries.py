@@ -251,8 +251,13 @@ def cmd_deliveries_retry(
         return EXIT_USAGE
     ids = retry_all_failed(session, destination=destination)
     where = f" to {destination}" if destination else ""
-    if not ids:
+    left = list_deliveries(session, state=JobState.FAILED, destination=destination)
+    if not ids and not left:
         print(f"no failed deliveries{where}")
-    else:
+    elif ids:
         print(f"requeued {len(ids)} failed deliveries{where}: {', '.join(str(i) for i in ids)}")
+    if left:
+        print(
+            f"not requeued (spooled files deleted by retention): {', '.join(str(d['job_id']) for d in left)}"
+        )
     return EXIT_OK

@@ -156,6 +156,15 @@ def build_story(session: Session) -> dict[str, int]:
         session.add(SentInstance(job_id=pacs.id, instance_id=instance.id, status=0, sent_at=at(44)))
     event(
         session,
+        40.5,
+        Events.SERIES_ANALYSED,
+        "",
+        series_uid=SERIES_UID,
+        job_id=route.id,
+        details={"analyser": "none", "took": 0.5},
+    )
+    event(
+        session,
         41,
         Events.ROUTE_DECISION,
         "rules matched: ct-to-pacs, all-ct",
@@ -379,6 +388,9 @@ def test_cmd_audit_series_text_is_a_readable_timeline(
     assert dead.split()[:4] == ["2026-11-23", "08:01:00.000", "delivery.dead_letter", "QA"]
     # Multi-line messages are flattened, columns aligned: EVENT starts in the same column on every line.
     assert any("5 instances delivered in 1.2 s" in line for line in timeline)
+    # An event written without a message shows its details instead.
+    analysed = next(line for line in timeline if "series.analysed" in line)
+    assert analysed.endswith("analyser=none took=0.5")
     rows = [line for line in timeline if line.startswith("  2026-")]
     assert len({line.index(line.split()[2]) for line in rows}) == 1
     jobs_block = out.split("Jobs:", 1)[1].split("Timeline", 1)[0]
@@ -409,7 +421,7 @@ def test_recent_events_newest_first_with_limit(session: Session, ids: dict[str, 
         Events.SERIES_FOLLOW_UP,
     ]
     assert events[1]["series_uid"] == OTHER_UID
-    assert len(recent_events(session)) == 18  # every row: the default limit (50) is above the count
+    assert len(recent_events(session)) == 19  # every row: the default limit (50) is above the count
     with pytest.raises(ValueError):
         recent_events(session, limit=0)
 

@@ -277,7 +277,9 @@ def test_retry_unknown_or_not_a_delivery(session: Session, ids: dict[str, int]) 
         retry_delivery(session, ids["route"], force=True)
 
 
-def test_retry_refused_when_retention_deleted_the_files(session: Session, ids: dict[str, int]) -> None:
+def test_retry_refused_when_retention_deleted_the_files(
+    session: Session, ids: dict[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
     series = session.scalar(select(Series).where(Series.series_uid == UID_A))
     assert series is not None
     series.files_deleted_at = T0
@@ -285,8 +287,14 @@ def test_retry_refused_when_retention_deleted_the_files(session: Session, ids: d
     with pytest.raises(DeliveryStateError, match="deleted by retention"):
         retry_delivery(session, ids["done"], force=True)
     assert sent_count(session, ids["done"]) == 3  # rolled back, nothing cleared
-    # --all-failed skips that series' failed delivery and requeues the others.
-    assert retry_all_failed(session) == [ids["failed_b"], ids["failed_b_pacs"]]
+    # --all-failed skips that series' failed delivery and requeues the others, and says so.
+    assert cmd_deliveries_retry(session, None, True, None, False) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"requeued 2 failed deliveries: {ids['failed_b']}, {ids['failed_b_pacs']}",
+        f"not requeued (spooled files deleted by retention): {ids['failed_a']}",
+    ]
+    assert retry_all_failed(session) == []
 
 
 def test_retry_all_failed_with_destination(session: Session, ids: dict[str, int]) -> None:

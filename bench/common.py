@@ -34,8 +34,11 @@ def node_process(work: Path, rules: dict | None = None, quiet_seconds: float = 6
     config_path = work / "node.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log = open(work / "node.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "node", "run", "--config", str(config_path)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "run", "--config", str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while not _tcp_accepts(port):
@@ -57,7 +60,9 @@ def storescu_seconds(files: list[Path], port: int, called_ae: str, extra: tuple[
     start = time.perf_counter()
     result = subprocess.run(
         [storescu, "-aet", "BENCH", "-aec", called_ae, *extra, "127.0.0.1", str(port), *map(str, files)],
-        env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - start
     os.unlink(listing.name)

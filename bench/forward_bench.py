@@ -43,8 +43,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="itkelastix_chest")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--poll-delay", type=float, default=0.0001,
-                        help="node.netloop poll delay as the node runs it (0: stock 1 ms loops)")
+    parser.add_argument(
+        "--poll-delay",
+        type=float,
+        default=0.0001,
+        help="node.netloop poll delay as the node runs it (0: stock 1 ms loops)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.poll_delay > 0:
@@ -57,13 +61,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="forward-bench-") as tmp:
         out = Path(tmp) / "in"
         with run_storescp(out) as scp:
-            destination = DimseDestination(name="bench", ae_title=scp.ae_title, host="127.0.0.1",
-                                           port=scp.port)
+            destination = DimseDestination(
+                name="bench", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port
+            )
             dcmtk_times, node_times = [], []
             for _ in range(args.repeat):
                 started = time.perf_counter()
-                subprocess.run([storescu, "-aec", scp.ae_title, "127.0.0.1", str(scp.port),
-                                *map(str, paths)], check=True, env={**os.environ, "TCP_NODELAY": "1"})
+                subprocess.run(
+                    [storescu, "-aec", scp.ae_title, "127.0.0.1", str(scp.port), *map(str, paths)],
+                    check=True,
+                    env={**os.environ, "TCP_NODELAY": "1"},
+                )
                 dcmtk_times.append(time.perf_counter() - started)
                 started = time.perf_counter()
                 outcome = sender.send(destination, files, lambda f, s: None)

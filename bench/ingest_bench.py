@@ -21,7 +21,9 @@ from tests.peers import ct_files, run_orthanc, run_storescp  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--series", nargs="+", default=["itkelastix_chest", "lidc0001_full"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-orthanc", action="store_true")
@@ -37,7 +39,9 @@ def main() -> int:
                 rates["storescp"].append(len(files) / storescu_seconds(files, scp.port, scp.ae_title))
             if not args.no_orthanc:
                 with run_orthanc(work / "orthanc") as orthanc:
-                    rates["orthanc"].append(len(files) / storescu_seconds(files, orthanc.dicom_port, "ORTHANC"))
+                    rates["orthanc"].append(
+                        len(files) / storescu_seconds(files, orthanc.dicom_port, "ORTHANC")
+                    )
             (work / "node").mkdir()
             with node_process(work / "node") as port:
                 rates["node"].append(len(files) / storescu_seconds(files, port, "NODE"))

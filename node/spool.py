@@ -53,7 +53,8 @@ class Spool:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                os.fsync(fd)
+                # fdatasync: the data and the size; other metadata (mtime) need not be durable.
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
             new_dir = not target.parent.exists()

@@ -296,6 +296,10 @@ def _problem_from_error(error: Any, raw: Any) -> Problem:
     line: int | None = raw.line if isinstance(raw, LineDict) else None
     rule: str | None = None
     parts: list[str] = []
+    union: str | None = None
+    if path and path[-1] in _UNION_LABELS and not (isinstance(raw, dict) and len(path) == 1):
+        union = _UNION_LABELS[path[-1]]
+        path = path[:-1]
     for depth, step in enumerate(path):
         if depth == 1 and path[0] == "rules" and isinstance(step, int):
             rule = _rule_label(node, step)
@@ -322,7 +326,48 @@ def _problem_from_error(error: Any, raw: Any) -> Problem:
         message = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif error["type"] == "missing":
         message = "required"
+    elif union is not None:
+        message = f"expected {union}; got {_kind_of(error.get('input'))}"
     return Problem(message, rule, where, line)
+
+
+_UNION_LABELS = {"str": "a string", "bool": "a boolean", "int": "a number", "float": "a number"}
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return repr(value)
+
+
+def _merge_union_problems(problems: list[Problem]) -> list[Problem]:
+    """One problem per place for a value that matched none of a union's types (str, bool, number)."""
+    merged: dict[tuple[str | None, str | None, int | None], Problem] = {}
+    out: list[Problem] = []
+    for problem in problems:
+        if not problem.message.startswith("expected a "):
+            out.append(problem)
+            continue
+        key = (problem.rule, problem.field, problem.line)
+        first = merged.get(key)
+        if first is None:
+            merged[key] = problem
+            out.append(problem)
+            continue
+        wanted, got = problem.message[len("expected ") :].split("; got ", 1)
+        first_wanted, _ = first.message[len("expected ") :].split("; got ", 1)
+        kinds = first_wanted.replace(" or ", ", ").split(", ")
+        if wanted not in kinds:
+            kinds.append(wanted)
+        text = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+        replacement = Problem(f"expected {text}; got {got}", first.rule, first.field, first.line)
+        out[out.index(first)] = replacement
+        merged[key] = replacement
+    return out
 
 
 def parse_rules(text: str, file: str) -> RuleSet:
@@ -346,7 +391,9 @@ def parse_rules(text: str, file: str) -> RuleSet:
     try:
         ruleset = RuleSet.model_validate(raw, context={"cross_checked": True})
     except ValidationError as exc:
-        problems.extend(_problem_from_error(e, raw) for e in exc.errors(include_url=False))
+        problems.extend(
+            _merge_union_problems([_problem_from_error(e, raw) for e in exc.errors(include_url=False)])
+        )
     if problems or ruleset is None:
         problems.sort(key=lambda p: p.line or 0)
         raise RulesFileError(file, problems)

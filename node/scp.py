@@ -29,8 +29,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -7,6 +7,8 @@ for a peer by polling a condition with a deadline, never by sleeping a fixed tim
     with run_storescp(tmp_path / "in", accept="all") as scp: ...      # scp.port, scp.ae_title, scp.out_dir
     with run_orthanc(tmp_path / "orthanc") as orthanc: ...             # orthanc.dicom_port, orthanc.rest
     series_dir = unpack_ct("itkelastix_chest")                        # <repo>/.cache/ct/itkelastix_chest
+    with in_process_scp(status_for=lambda uid: 0xA700) as scp: ...    # pynetdicom SCP, scp.received
+    files = make_series(tmp_path, 5, RLELossless)                      # small CT files as InstanceFile
 """
 
 from __future__ import annotations
@@ -22,15 +24,31 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+
+from node.forward.base import InstanceFile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data lives beside the checkout: <repo>/../shared/data/ct (override: NODE_CT_DATA).
@@ -320,3 +338,135 @@ def unpack_ct(name: str) -> Path:
 def ct_files(name: str) -> list[Path]:
     """The DICOM files of CT series `name`, sorted by file name."""
     return sorted(p for p in unpack_ct(name).iterdir() if p.is_file())
+
+
+# ---- in-process peers and synthetic instances ----
+
+
+def make_ct(
+    path: Path,
+    index: int,
+    series_uid: str,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    sop_class: str = CTImageStorage,
+    size: int = 16,
+) -> Dataset:
+    """Write a small CT image (pixels depend on `index`) as a Part 10 file and return the dataset."""
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "CT"
+    ds.InstanceNumber = index + 1
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    pixels = (np.arange(size * size, dtype=np.int16).reshape(size, size) * 7 + index * 13 - 500)
+    ds.PixelData = pixels.astype("<i2").tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    if UID(transfer_syntax).is_compressed:
+        ds.compress(transfer_syntax, generate_instance_uid=False)
+    elif transfer_syntax == ImplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = UID(ImplicitVRLittleEndian)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def make_series(
+    folder: Path,
+    count: int,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    sop_classes: Sequence[str] | None = None,
+) -> list[InstanceFile]:
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    files = []
+    for i in range(count):
+        sop_class = sop_classes[i] if sop_classes else CTImageStorage
+        path = folder / f"{i:04d}.dcm"
+        ds = make_ct(path, i, series_uid, transfer_syntax, sop_class)
+        files.append(InstanceFile(
+            instance_id=1000 + i,
+            path=path,
+            sop_class_uid=str(ds.SOPClassUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            transfer_syntax_uid=str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID),
+        ))
+    return files
+
+
+@dataclass
+class Received:
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset: Dataset
+
+
+@dataclass
+class InProcessScp:
+    """A pynetdicom storage SCP on a free loopback port. `status_for` chooses the status per
+    SOP Instance UID (default success); `before_answer` runs before answering (a test can block)."""
+
+    ae_title: str
+    port: int
+    received: list[Received] = field(default_factory=list)
+    associations: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def uids(self) -> list[str]:
+        with self.lock:
+            return [r.sop_instance_uid for r in self.received]
+
+
+@contextlib.contextmanager
+def in_process_scp(
+    *,
+    ae_title: str = "TESTSCP",
+    transfer_syntaxes: Sequence[str] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
+    sop_classes: Sequence[str] = (CTImageStorage,),
+    status_for: Callable[[str], int] | None = None,
+    before_answer: Callable[[str], None] | None = None,
+    require_calling_aet: Sequence[str] = (),
+) -> Iterator[InProcessScp]:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = 0
+    for sop_class in sop_classes:
+        ae.add_supported_context(sop_class, list(transfer_syntaxes))
+    if require_calling_aet:
+        ae.require_calling_aet = list(require_calling_aet)
+    scp = InProcessScp(ae_title=ae_title, port=free_port())
+
+    def on_store(event: Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        uid = str(ds.SOPInstanceUID)
+        if before_answer is not None:
+            before_answer(uid)
+        with scp.lock:
+            scp.received.append(Received(uid, str(event.context.transfer_syntax), ds))
+        return status_for(uid) if status_for else 0x0000
+
+    def on_established(event: Event) -> None:
+        with scp.lock:
+            scp.associations += 1
+
+    server = ae.start_server(
+        ("127.0.0.1", scp.port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ESTABLISHED, on_established)],
+    )
+    try:
+        yield scp
+    finally:
+        server.shutdown()

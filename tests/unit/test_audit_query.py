@@ -517,3 +517,11 @@ def test_docs_example_queries_run(db_engine: Engine, session: Session, ids: dict
     assert where and all(rows for rows in where), "the 'where did series X go' queries found nothing"
     per_ae = [rows for sql, rows in results.items() if "calling_ae" in sql and "GROUP BY" in sql]
     assert per_ae and any(("CT01" in [str(c) for c in row]) for rows in per_ae for row in rows)
+
+
+def test_docs_list_every_event_name() -> None:
+    """docs/audit.md has a table row for every name in node.audit.Events, and no row for an unknown one."""
+    names = {v for k, v in vars(Events).items() if k.isupper() and isinstance(v, str)}
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", DOC.read_text(encoding="utf-8"), re.M))
+    assert names - documented == set(), "events missing from docs/audit.md"
+    assert documented - names == set(), "docs/audit.md documents events that node.audit.Events lacks"

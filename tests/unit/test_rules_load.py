@@ -231,3 +231,14 @@ def test_schema_accepts_the_examples_and_rejects_a_bad_condition() -> None:
     bad = {"rules": [{"name": "a", "when": {"attribute": "Modality"}, "discard": True}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_wrong_value_types_give_one_problem_each(tmp_path: Path) -> None:
+    text = GOOD.replace("equals: SR}", "equals: [SR, KO]}").replace(
+        "{attribute: Modality, equals: CT}", "{attribute: SliceThickness, gt: thick}"
+    )
+    error = load_error(tmp_path, text)
+    assert [(p.rule, p.field, p.message) for p in error.problems] == [
+        ("ct-to-pacs", "when.gt", "expected a number; got the text 'thick'"),
+        ("drop-sr", "when.equals", "expected a string, a boolean or a number; got a list"),
+    ]

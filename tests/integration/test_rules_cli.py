@@ -191,3 +191,32 @@ def test_cmd_rules_check(tmp_path: Path, rules_file: Path, capsys: pytest.Captur
     bad.unlink()
     ok, message = check(tmp_path)
     assert ok, message
+
+
+def test_node_command_line(ct_folder: Path, rules_file: Path, tmp_path: Path) -> None:
+    """The same through the `node` command (python -m node), as an administrator runs it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "rules", "test", "--rules", str(rules_file), str(ct_folder), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(s["instance_count"] for s in json.loads(done.stdout)["series"]) == [18, 28]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RULES.replace("le: 3.0", "le: thin"), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "rules", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"{bad}:17: rule 'thin-ct-to-pacs': field 'when.all[1].le': expected a number" in done.stderr

@@ -394,7 +394,7 @@ def guard_responses(assoc: Association) -> None:
     unexpected C-STORE-RSP service message" and drops it, and ``send_c_store`` waits for
     ``dimse_timeout``. The reactor's non-blocking ``get_msg`` exists to serve requests from the peer;
     a C-STORE SCU association carries none, so on our associations it always answers "nothing yet".
-    tests/unit/test_forward_dimse.py fails if pynetdicom's reactor stops using that call.
+    tests/integration/test_forward_plan.py fails if pynetdicom's reactor stops using that call.
     """
     original = assoc.dimse.get_msg
 

@@ -21,22 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydicom import dcmread  # noqa: E402
-
 from node.config import ForwardSettings  # noqa: E402
 from node.destinations import DimseDestination  # noqa: E402
-from node.forward.base import InstanceFile  # noqa: E402
 from node.forward.dimse import DimseSender  # noqa: E402
 from node.netloop import install_poll_delay  # noqa: E402
-from tests.peers import ct_files, require_binary, run_storescp  # noqa: E402
-
-
-def instance_files(paths: list[Path]) -> list[InstanceFile]:
-    out = []
-    for i, path in enumerate(paths):
-        ds = dcmread(path, stop_before_pixels=True)
-        out.append(InstanceFile(i, path, ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID))
-    return out
+from tests.peers import ct_files, instance_files, require_binary, run_storescp  # noqa: E402
 
 
 def main() -> int:

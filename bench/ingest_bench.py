@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import node_process, storescu_seconds  # noqa: E402
-from tests.peers import ct_files, run_orthanc, run_storescp  # noqa: E402
+from bench.common import storescu_seconds  # noqa: E402
+from tests.nodeutil import node_process  # noqa: E402
+from tests.peers import ct_files, free_port, run_orthanc, run_storescp  # noqa: E402
 
 
 def main() -> int:
@@ -43,8 +44,8 @@ def main() -> int:
                         len(files) / storescu_seconds(files, orthanc.dicom_port, "ORTHANC")
                     )
             (work / "node").mkdir()
-            with node_process(work / "node") as port:
-                rates["node"].append(len(files) / storescu_seconds(files, port, "NODE"))
+            with node_process(work / "node", free_port(), log_level="WARNING") as node:
+                rates["node"].append(len(files) / storescu_seconds(files, node.port, "NODE"))
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items() if v))
 
     median = {k: statistics.median(v) for k, v in rates.items() if v}

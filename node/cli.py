@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import signal
@@ -108,17 +107,14 @@ def cmd_audit_series(args: argparse.Namespace) -> int:
     from node.audit_query import cmd_audit_series as show
 
     with _session(args) as session:
-        return show(session, args.uid, args.json)
+        return show(session, args.uid, args.json, all_events=args.all)
 
 
 def cmd_audit_recent(args: argparse.Namespace) -> int:
     from node.audit_query import cmd_audit_recent as recent
 
-    since = dt.datetime.fromisoformat(args.since) if args.since else None
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=dt.UTC)
     with _session(args) as session:
-        return recent(session, args.limit, args.event, since, args.json)
+        return recent(session, args.limit, args.event, args.since, args.json)
 
 
 def cmd_deliveries_list(args: argparse.Namespace) -> int:
@@ -195,11 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     story = audit_cmd.add_parser("series", parents=[common], help="the full story of one series")
     story.add_argument("uid")
     story.add_argument("--json", action="store_true")
+    story.add_argument("--all", action="store_true", help="list every per-instance event, unfolded")
     story.set_defaults(func=cmd_audit_series)
     recent = audit_cmd.add_parser("recent", parents=[common], help="latest audit events")
     recent.add_argument("--limit", type=int, default=50)
     recent.add_argument("--event", help="event name prefix, e.g. delivery.")
-    recent.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
+    recent.add_argument("--since", help="ISO 8601 time (UTC if no offset) or an age: 30m, 24h, 7d")
     recent.add_argument("--json", action="store_true")
     recent.set_defaults(func=cmd_audit_recent)
 
@@ -207,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="deliveries_command", required=True
     )
     listing = deliveries.add_parser("list", parents=[common], help="deliveries, newest first")
-    listing.add_argument("--state", choices=["queued", "running", "done", "failed"])
+    listing.add_argument("--state", choices=["queued", "running", "done", "failed", "dead"])
     listing.add_argument("--destination")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_deliveries_list)
@@ -229,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic reports every migration check at INFO; only the service's own log is of interest.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from node.app import NodeService
@@ -96,7 +99,9 @@ def synthetic_ct(
 
 def scu(ae_title: str = "TESTSCU") -> AE:
     ae = AE(ae_title=ae_title)
+    # One context per syntax: the SCP accepts one syntax per context.
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian])
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.acse_timeout = 10
     ae.dimse_timeout = 10
@@ -116,3 +121,70 @@ def store(port: int, datasets: list[Dataset], ae_title: str = "TESTSCU") -> list
         return statuses
     finally:
         assoc.release()
+
+
+class NodeProcess:
+    """`python -m node run` as a separate process (for kill -9 tests and benchmarks)."""
+
+    def __init__(self, work: Path, settings: dict[str, Any]) -> None:
+        self.work = work
+        self.config_path = work / "node.yaml"
+        self.config_path.write_text(yaml.safe_dump(settings))
+        self.port = int(settings["receive"]["port"])
+        self.log_path = work / "node.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NodeProcess:
+        from tests.peers import _tcp_accepts
+
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "node", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        proc = self.process
+        wait_for(
+            lambda: _tcp_accepts(self.port) or proc.poll() is not None, timeout=60, what="node to listen"
+        )
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited: {self.log_path.read_text()[-3000:]}")
+        return self
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+def node_process_settings(
+    work: Path, port: int, rules_path: Path | None = None, **extra: Any
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "data_dir": str(work / "data"),
+        "receive": {"host": "127.0.0.1", "port": port},
+        "completion": {"quiet_seconds": 60.0},
+        "retention": {"keep_seconds": None},
+        "log_level": "INFO",
+        **extra,
+    }
+    if rules_path is not None:
+        settings["rules_path"] = str(rules_path)
+    return settings
+
+
+@contextmanager
+def node_process(
+    work: Path, port: int, rules_path: Path | None = None, **extra: Any
+) -> Iterator[NodeProcess]:
+    proc = NodeProcess(work, node_process_settings(work, port, rules_path, **extra)).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -470,3 +470,18 @@ def in_process_scp(
         yield scp
     finally:
         server.shutdown()
+
+
+def instance_files(paths: Sequence[Path], first_id: int = 1) -> list[InstanceFile]:
+    """InstanceFile records for DICOM Part 10 files, as the spool would list them."""
+    out = []
+    for i, path in enumerate(paths):
+        ds = dcmread(path, stop_before_pixels=True)
+        out.append(InstanceFile(
+            instance_id=first_id + i,
+            path=path,
+            sop_class_uid=str(ds.SOPClassUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        ))
+    return out

@@ -97,6 +97,7 @@ def _instance_number(ds: Dataset) -> float:
 
 def scan(path: Path) -> ScanResult:
     """Read the headers of every DICOM file under path; group them by series (first seen first)."""
+    path = Path(path)
     series: dict[str, _Series] = {}
     skipped: list[tuple[Path, str]] = []
     for file in _files(path):

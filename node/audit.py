@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy.orm import Session
 
@@ -37,30 +37,25 @@ class Events:
     NODE_STOPPED = "node.stopped"
 
 
+class Where(TypedDict, total=False):
+    """What an audit row is about; callers build one and pass it to several `record` calls."""
+
+    series_uid: str | None
+    sop_instance_uid: str | None
+    job_id: int | None
+    destination: str | None
+    calling_ae: str | None
+    peer: str | None
+
+
 def record(
     session: Session,
     event: str,
     message: str = "",
     *,
-    series_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    job_id: int | None = None,
-    destination: str | None = None,
-    calling_ae: str | None = None,
-    peer: str | None = None,
     details: dict[str, Any] | None = None,
+    **where: Unpack[Where],
 ) -> AuditEvent:
-    row = AuditEvent(
-        at=utcnow(),
-        event=event,
-        series_uid=series_uid,
-        sop_instance_uid=sop_instance_uid,
-        job_id=job_id,
-        destination=destination,
-        calling_ae=calling_ae,
-        peer=peer,
-        message=message,
-        details=details,
-    )
+    row = AuditEvent(at=utcnow(), event=event, message=message, details=details, **where)
     session.add(row)
     return row

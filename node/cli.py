@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
 
@@ -46,7 +48,7 @@ def _rules_path(args: argparse.Namespace, settings: Settings | None = None) -> P
     return DEFAULT_RULES
 
 
-def _session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _session(args: argparse.Namespace) -> Session:
     from node.app import open_database
 
     return open_database(_settings(args))()

@@ -131,7 +131,5 @@ def load_settings(path: Path | None, overrides: dict[str, object] | None = None)
         return Settings.model_validate(raw)
     except ValidationError as exc:
         where = str(path) if path else "settings"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{where}: {problems}") from exc

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node import audit, jobs
-from node.audit import Events
+from node.audit import Events, Where
 from node.config import ForwardSettings
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
 from node.forward.base import InstanceFile, Sender
@@ -101,7 +101,7 @@ class Deliverer:
         total_sent = session.scalar(
             select(func.count()).select_from(SentInstance).where(SentInstance.job_id == job.id)
         )
-        common = dict(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
+        common = Where(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
         if outcome is not None:
             failures = dict(list(outcome.failed.items())[:AUDITED_FAILURES])
             statuses = sorted({f"0x{s:04X}" for s in outcome.statuses.values()})

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node import audit
-from node.audit import Events
+from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
 from node.errors import InvalidUIDError, SpoolError
@@ -163,7 +163,7 @@ class Ingest:
                         Instance.series_id == series.id, Instance.sop_instance_uid == sop_uid
                     )
                 )
-                common = dict(
+                common = Where(
                     series_uid=series_uid,
                     sop_instance_uid=sop_uid,
                     calling_ae=item.calling_ae,
@@ -268,9 +268,7 @@ class Ingest:
             self._spool.remove(obsolete)
         return result
 
-    def _start_follow_up_if_needed(
-        self, session: Session, series: Series, common: dict[str, str | None]
-    ) -> None:
+    def _start_follow_up_if_needed(self, session: Session, series: Series, common: Where) -> None:
         if series.state == SeriesState.RECEIVING:
             return
         series.generation += 1

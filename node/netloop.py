@@ -45,7 +45,7 @@ def install_poll_delay(seconds: float) -> None:
     if isinstance(current, _CappedSleepTime):
         current.cap = seconds
     else:
-        _association.time = _CappedSleepTime(seconds)  # type: ignore[attr-defined]
+        _association.time = _CappedSleepTime(seconds)
 
 
 def poll_delay_installed() -> float | None:

@@ -7,9 +7,11 @@ the database row. Completion timers are re-armed through the tracker (a schedule
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -28,6 +30,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -41,6 +44,9 @@ from node.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
 from node.netloop import install_poll_delay, tune_association
 
 logger = logging.getLogger(__name__)
+
+# (series UID, time of the last instance, expected count reached): re-arms the completion timer.
+OnStored = Callable[[str, dt.datetime, bool], None]
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -98,14 +104,15 @@ def handle_store(
         rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
         ingest.audit_rejection(Received(b"", Dataset(), "", calling_ae, peer), rejected)
         return _status(rejected.status, rejected.reason)
+    request = cast(C_STORE, event.request)
     item = Received(
         data=event.encoded_dataset(),
         dataset=dataset,
         transfer_syntax_uid=str(event.context.transfer_syntax),
         calling_ae=calling_ae,
         peer=peer,
-        command_sop_class_uid=str(event.request.AffectedSOPClassUID),
-        command_sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
+        command_sop_class_uid=str(request.AffectedSOPClassUID),
+        command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
     )
     try:
         accepted = ingest.accept(item)
@@ -177,6 +184,7 @@ def build_ae(settings: ReceiveSettings) -> AE:
     ae.require_called_aet = False
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None  # pynetdicom's list always names the class
         ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     return ae
 
@@ -189,13 +197,13 @@ class StorageSCP:
         settings: ReceiveSettings,
         ingest: Ingest,
         session_factory: sessionmaker[Session],
-        on_stored: Callable[[str, object, bool], None],
+        on_stored: OnStored,
     ) -> None:
         self._settings = settings
         install_poll_delay(settings.poll_delay_seconds)
         self.ae = build_ae(settings)
         self.policy = AssociationPolicy(settings, session_factory)
-        self._handlers = [
+        self._handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, tune_association),
             (evt.EVT_REQUESTED, self.policy.on_requested),
             (evt.EVT_ACCEPTED, self.policy.on_accepted),
@@ -206,10 +214,12 @@ class StorageSCP:
 
     def start(self) -> int:
         """Start listening; returns the bound port (useful when the configured port is 0)."""
-        self._server = self.ae.start_server(
+        server = self.ae.start_server(
             (self._settings.host, self._settings.port), block=False, evt_handlers=self._handlers
         )
-        port = int(self._server.server_address[1])
+        assert server is not None  # block=False always returns the server
+        self._server = server
+        port = int(server.server_address[1])
         logger.info("listening as %s on %s:%d", self._settings.ae_title, self._settings.host, port)
         return port
 

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_BINARIES = ("initdb", "pg_ctl", "postgres")
 DB_USER = "node"
+CLUSTER_PREFIX = "node-pg-"
+OWNER_FILE = "owner.pid"  # pid of the test process that started the cluster
 
 
 class PostgresUnavailable(RuntimeError):
@@ -104,8 +106,10 @@ class PostgresServer:
         """initdb + pg_ctl start on a free loopback port. Retries with a new port if one was taken."""
         bindir = find_bindir()
         run_as = _server_user()
+        reap_stale_clusters(bindir)
         # The `postgres` user must be able to reach the directory: /tmp, not e.g. a TMPDIR under /root.
-        root = Path(tempfile.mkdtemp(prefix="node-pg-", dir="/tmp" if run_as else None))
+        root = Path(tempfile.mkdtemp(prefix=CLUSTER_PREFIX, dir="/tmp" if run_as else None))
+        (root / OWNER_FILE).write_text(str(os.getpid()))
         server = cls(bindir=bindir, root=root, port=0, password=secrets.token_urlsafe(16), run_as=run_as)
         try:
             server._initdb()
@@ -220,6 +224,41 @@ class PostgresServer:
             argv, user=self.run_as, env=env, cwd=self.root, check=check, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
         )
+
+
+def reap_stale_clusters(bindir: Path) -> list[Path]:
+    """Stop and delete test clusters whose test process is gone (a run killed before its teardown).
+
+    Only directories this module made (prefix and owner file) are touched. Returns those removed.
+    """
+    removed: list[Path] = []
+    parents = {Path(tempfile.gettempdir()), Path("/tmp")}
+    for root in sorted(root for parent in parents for root in parent.glob(f"{CLUSTER_PREFIX}*")):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        datadir = root / "data"
+        if (datadir / "postmaster.pid").exists():
+            user = pwd.getpwuid(datadir.stat().st_uid).pw_name if os.geteuid() == 0 else None
+            subprocess.run([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"],
+                           user=user, cwd="/", capture_output=True, timeout=60, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        logger.warning("removed a PostgreSQL test cluster left behind by process %d: %s", owner, root)
+        removed.append(root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _server_user() -> str | None:

@@ -89,5 +89,6 @@ class Sender(Protocol):
     caller's bug or database trouble, not a network problem) after the association is released.
     """
 
-    def send(self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent) -> SendOutcome:
-        ...
+    def send(
+        self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent
+    ) -> SendOutcome: ...

@@ -50,8 +50,6 @@ def load_for_target(path: Path, stored: str) -> Dataset:
             ds.decompress(generate_instance_uid=False)
         # pydicom raises these when no plugin can decode the syntax or the data is corrupt.
         except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
-            raise TranscodeError(
-                f"cannot decompress {path.name} ({stored_uid.name}): {exc}"
-            ) from exc
+            raise TranscodeError(f"cannot decompress {path.name} ({stored_uid.name}): {exc}") from exc
         logger.debug("decompressed %s from %s", ds.SOPInstanceUID, stored_uid.name)
     return ds

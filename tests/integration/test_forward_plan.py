@@ -6,12 +6,19 @@ import inspect
 from pathlib import Path
 
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
+from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import Association
 
 from node.destinations import DimseDestination
 from node.forward.base import InstanceFile, is_delivered, status_is_retryable
-from node.forward.dimse import describe_status, guard_responses, offered_syntaxes, plan_associations
+from node.forward.dimse import (
+    describe_status,
+    guard_responses,
+    offered_syntaxes,
+    plan_associations,
+    quiet_logging,
+)
 from tests.peers import in_process_scp
 
 DEST = DimseDestination(name="d", ae_title="PEER", host="127.0.0.1", port=104)
@@ -67,13 +74,17 @@ def test_reactor_still_polls_the_way_guard_responses_expects() -> None:
     assert "self.dimse.get_msg(block=True)" in inspect.getsource(Association.send_c_store)
 
 
-def test_guard_responses_hides_messages_from_non_blocking_reads() -> None:
+def test_quiet_logging_and_guard_responses() -> None:
     with in_process_scp() as scp:
         ae = AE("NODE")
         assoc = ae.associate("127.0.0.1", scp.port, contexts=[build_context(CTImageStorage)],
                              ae_title=scp.ae_title)
         try:
             assert assoc.is_established
+            sent_handlers = [h for h, _ in assoc.get_handlers(evt.EVT_DIMSE_SENT)]
+            assert standard_dimse_sent_handler in sent_handlers, "pynetdicom binds it by default"
+            quiet_logging(assoc)
+            assert standard_dimse_sent_handler not in [h for h, _ in assoc.get_handlers(evt.EVT_DIMSE_SENT)]
             guard_responses(assoc)
             assoc.dimse.msg_queue.put((1, "marker"))
             assert assoc.dimse.get_msg(block=False) == (None, None)

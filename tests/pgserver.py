@@ -155,12 +155,13 @@ class PostgresServer:
         if not name.replace("_", "").isalnum():
             raise ValueError(f"database name must be alphanumeric or underscore: {name!r}")
         import psycopg  # test dependency; imported here so that find_bindir() works without it
+        from psycopg import sql
 
         with psycopg.connect(
             host="127.0.0.1", port=self.port, user=DB_USER, password=self.password, dbname="postgres",
             autocommit=True, connect_timeout=10,
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # validated name
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.databases.append(name)
         return self.url(name)
 

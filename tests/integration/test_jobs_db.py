@@ -21,7 +21,11 @@ from node.db.migrate import upgrade
 from node.db.models import AuditEvent, Job, JobKind, JobState, Series, SeriesState, utcnow
 from node.db.session import make_session_factory
 
-BACKOFF = {"initial": 10.0, "factor": 2.0, "maximum": 600.0}
+
+def fail(session: Session, job: Job, error: str, max_attempts: int, retryable: bool = True) -> bool:
+    """jobs.fail with a 10 s initial backoff, doubling, capped at 600 s."""
+    return jobs.fail(session, job, error, max_attempts=max_attempts, initial=10.0, factor=2.0, maximum=600.0,
+                     retryable=retryable)
 
 
 def add_series(session: Session, uid: str) -> Series:
@@ -100,7 +104,7 @@ def test_failed_job_backs_off_then_goes_to_dead_letter(db_engine: Engine) -> Non
         job = jobs.claim(session, [JobKind.DELIVER])
         assert job is not None
         before = utcnow()
-        assert jobs.fail(session, job, "association rejected", max_attempts=2, **BACKOFF) is True
+        assert fail(session, job, "association rejected", 2) is True
         session.commit()
     with factory() as session:
         job = session.get_one(Job, job_id)
@@ -112,7 +116,7 @@ def test_failed_job_backs_off_then_goes_to_dead_letter(db_engine: Engine) -> Non
         assert jobs.claim(session, [JobKind.DELIVER]) is None
         job = jobs.claim(session, [JobKind.DELIVER], now=utcnow() + dt.timedelta(seconds=11))
         assert job is not None and job.id == job_id and job.attempts == 2
-        assert jobs.fail(session, job, "still rejected", max_attempts=2, **BACKOFF) is False
+        assert fail(session, job, "still rejected", 2) is False
         session.commit()
     with factory() as session:
         job = session.get_one(Job, job_id)
@@ -126,7 +130,7 @@ def test_non_retryable_failure_is_dead_lettered_at_once(db_engine: Engine) -> No
     with factory() as session:
         job = jobs.claim(session, [JobKind.DELIVER])
         assert job is not None
-        assert jobs.fail(session, job, "bad", max_attempts=5, retryable=False, **BACKOFF) is False
+        assert fail(session, job, "bad", 5, retryable=False) is False
         session.commit()
     with factory() as session:
         assert session.get_one(Job, job_id).state == JobState.FAILED
@@ -138,7 +142,7 @@ def test_requeue_resets_attempts_and_audits(db_engine: Engine) -> None:
     with factory() as session:
         job = jobs.claim(session, [JobKind.DELIVER])
         assert job is not None
-        jobs.fail(session, job, "refused", max_attempts=1, **BACKOFF)
+        fail(session, job, "refused", 1)
         session.commit()
     with factory() as session:
         job = session.get_one(Job, job_id)

@@ -71,7 +71,7 @@ def test_upgrade_twice_on_a_real_server(pg_engine: Engine) -> None:
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
         assert versions == [head_revision()]
         # UTC columns are plain timestamps holding UTC (the server's or session's zone never applies).
-        types = dict(conn.execute(text(
+        types: dict[str, str] = dict(conn.execute(text(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'audit_events'"
         )).all())
     assert types["at"] == "timestamp without time zone"

@@ -1,6 +1,7 @@
 """Real peers for tests: dcmtk storescp, Orthanc, CT test data, free ports.
 
-Every helper skips the test (pytest.skip) with a clear reason when what it needs is absent, and waits
+Every helper skips the test with a clear reason when what it needs is absent (under CI=true a missing
+program fails instead: tests.conftest.peer_missing; missing CT data always skips), and waits
 for a peer by polling a condition with a deadline, never by sleeping a fixed time.
 
     port = free_port()
@@ -49,6 +50,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
 from node.forward.base import InstanceFile
+from tests.conftest import peer_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data lives beside the checkout: <repo>/../shared/data/ct (override: NODE_CT_DATA).
@@ -95,11 +97,12 @@ def _find_binary(name: str) -> str | None:
 
 
 def require_binary(name: str) -> str:
-    """The path of an external program, or pytest.skip naming what is missing and how to get it."""
+    """The path of an external program; absent: skipped, or failed under CI (tests.conftest.peer_missing),
+    naming the package to install. dcmtk tools are checked to be dcmtk's, not pynetdicom's apps."""
     path = _find_binary(name)
     if path is None:
         package = "dcmtk" if name in DCMTK_TOOLS else name.lower()
-        pytest.skip(f"{name} is not installed (apt-get install {package})")
+        peer_missing(f"{name} is not installed (apt-get install {package})")
     return path
 
 
@@ -263,7 +266,7 @@ def run_orthanc(
     if dicomweb:
         plugin = find_dicomweb_plugin()
         if plugin is None:
-            pytest.skip("the Orthanc DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
+            peer_missing("the Orthanc DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
         plugins.append(str(plugin))
     work_dir.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()

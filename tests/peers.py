@@ -391,14 +391,16 @@ def make_series(
     count: int,
     transfer_syntax: str = ExplicitVRLittleEndian,
     sop_classes: Sequence[str] | None = None,
+    size: int = 16,
 ) -> list[InstanceFile]:
+    """`count` small CT files (size x size pixels) of one new series, as InstanceFile records."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
     files = []
     for i in range(count):
         sop_class = sop_classes[i] if sop_classes else CTImageStorage
         path = folder / f"{i:04d}.dcm"
-        ds = make_ct(path, i, series_uid, transfer_syntax, sop_class)
+        ds = make_ct(path, i, series_uid, transfer_syntax, sop_class, size)
         files.append(InstanceFile(
             instance_id=1000 + i,
             path=path,
@@ -441,9 +443,10 @@ def in_process_scp(
     status_for: Callable[[str], int] | None = None,
     before_answer: Callable[[str], None] | None = None,
     require_calling_aet: Sequence[str] = (),
+    maximum_pdu_size: int = 0,
 ) -> Iterator[InProcessScp]:
     ae = AE(ae_title=ae_title)
-    ae.maximum_pdu_size = 0
+    ae.maximum_pdu_size = maximum_pdu_size
     for sop_class in sop_classes:
         ae.add_supported_context(sop_class, list(transfer_syntaxes))
     if require_calling_aet:

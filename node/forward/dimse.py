@@ -41,6 +41,7 @@ from pynetdicom._handlers import (
     standard_pdu_sent_handler,
 )
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 
 from node.config import ForwardSettings, validate_ae_title
@@ -53,6 +54,7 @@ from node.forward.base import (
     status_is_retryable,
 )
 from node.forward.transcode import TranscodeError, can_transcode, load_for_target
+from node.forward.wire import WireError, WireStore, dataset_offset
 from node.netloop import CONN_OPEN_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -158,8 +160,9 @@ class DimseSender:
     share one DimseSender.
     """
 
-    def __init__(self, settings: ForwardSettings, default_calling_ae: str) -> None:
+    def __init__(self, settings: ForwardSettings, default_calling_ae: str, *, fast_path: bool = True) -> None:
         self._settings = settings
+        self._fast_path = fast_path
         self._default_calling_ae = validate_ae_title(default_calling_ae)
         # Process wide, but it only changes send_c_store(<path>) which only this module uses: send
         # the encoded data set straight from the file instead of decoding and re-encoding it.
@@ -327,53 +330,124 @@ class DimseSender:
         outcome: SendOutcome,
     ) -> tuple[list[InstanceFile], _Lost | None]:
         accepted: dict[str, list[str]] = {}
+        context_ids: dict[tuple[str, str], int] = {}
         for cx in assoc.accepted_contexts:
-            accepted.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+            sop, ts = str(cx.abstract_syntax), str(cx.transfer_syntax[0])
+            accepted.setdefault(sop, []).append(ts)
+            context_ids.setdefault((sop, ts), int(cx.context_id or 0))
+        wire = self._wire_for(assoc)
         msg_id = 0
         for index, f in enumerate(pending):
             if not assoc.is_established:
                 return pending[index:], _Lost("association ended by the peer", stalled=False)
             try:
                 payload = _payload(f, accepted.get(f.sop_class_uid, []))
+                offset = dataset_offset(payload) if wire and isinstance(payload, Path) else None
             except _Unsendable as exc:
                 outcome.failed[f.instance_id] = str(exc)
                 continue
-            msg_id = msg_id % 65535 + 1
-            asked = time.monotonic()
-            try:
-                rsp = assoc.send_c_store(payload, msg_id=msg_id)
-            except (ValueError, AttributeError) as exc:
-                # No matching context after all, missing file meta, or the data set cannot be encoded.
-                outcome.failed[f.instance_id] = f"cannot send: {exc}"
-                continue
             except OSError as exc:
-                outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc}"
+                outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
                 continue
-            except RuntimeError:
-                return pending[index:], _Lost("association ended by the peer", stalled=False)
-            status = rsp.get("Status")
-            if status is None:
-                waited = time.monotonic() - asked
-                if waited >= _STALL_FRACTION * self._settings.dimse_timeout:
-                    return pending[index:], _Lost(
-                        f"no C-STORE response within dimse_timeout {self._settings.dimse_timeout:g} s "
-                        f"for SOP Instance {f.sop_instance_uid}",
-                        stalled=True,
-                    )
-                return pending[index:], _Lost(
-                    f"association aborted while waiting for the C-STORE response for SOP Instance "
-                    f"{f.sop_instance_uid}",
-                    stalled=False,
-                )
-            status = int(status)
-            outcome.statuses[f.instance_id] = status
-            if is_delivered(status):
-                outcome.sent.append(f.instance_id)
-                on_sent(f, status)
+            msg_id = msg_id % 65535 + 1
+            answer: int | _Lost | None
+            if wire is not None and offset is not None:
+                context_id = context_ids[(f.sop_class_uid, f.transfer_syntax_uid)]
+                answer = self._store_on_wire(assoc, wire, context_id, f, offset, msg_id)
             else:
-                outcome.failed[f.instance_id] = f"status {describe_status(status)}"
-                logger.warning("C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(status))
+                answer = self._store_with_pynetdicom(assoc, payload, f, msg_id, outcome)
+            if answer is None:
+                continue
+            if isinstance(answer, _Lost):
+                return pending[index:], answer
+            outcome.statuses[f.instance_id] = answer
+            if is_delivered(answer):
+                outcome.sent.append(f.instance_id)
+                on_sent(f, answer)
+            else:
+                outcome.failed[f.instance_id] = f"status {describe_status(answer)}"
+                logger.warning("C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(answer))
         return [], None
+
+    def _wire_for(self, assoc: Association) -> WireStore | None:
+        if not (self._fast_path and WireStore.usable()):
+            return None
+        try:
+            return WireStore(assoc, timeout=self._settings.dimse_timeout)
+        except WireError as exc:
+            logger.info("C-STORE fast path not used on this association: %s", exc)
+            return None
+
+    def _no_response(self, asked: float, f: InstanceFile) -> _Lost:
+        if time.monotonic() - asked >= _STALL_FRACTION * self._settings.dimse_timeout:
+            return _Lost(
+                f"no C-STORE response within dimse_timeout {self._settings.dimse_timeout:g} s "
+                f"for SOP Instance {f.sop_instance_uid}",
+                stalled=True,
+            )
+        return _Lost(
+            f"association aborted while waiting for the C-STORE response for SOP Instance "
+            f"{f.sop_instance_uid}",
+            stalled=False,
+        )
+
+    def _store_on_wire(
+        self, assoc: Association, wire: WireStore, context_id: int, f: InstanceFile, offset: int, msg_id: int
+    ) -> int | _Lost:
+        """Send one as-stored instance with node.forward.wire; its status, or why the association is lost."""
+        asked = time.monotonic()
+        try:
+            wire.send(context_id, f.sop_class_uid, f.sop_instance_uid, msg_id, f.path, offset)
+        except WireError as exc:
+            # Part of a message may be on the wire: the association cannot be used any more.
+            assoc.abort()
+            if exc.closed:
+                text = "association aborted by the peer (or connection closed) while sending SOP Instance"
+            else:
+                text = "sending stalled (the peer stopped reading) at SOP Instance"
+            return _Lost(f"{text} {f.sop_instance_uid}: {exc}", stalled=False)
+        except OSError as exc:  # reading the spool file
+            assoc.abort()
+            return _Lost(f"cannot read {f.path}: {exc.strerror or exc}", stalled=False)
+        _, rsp = assoc.dimse.get_msg(block=True)
+        if rsp is None:
+            if assoc.is_established:
+                assoc.abort()
+            return self._no_response(asked, f)
+        status = getattr(rsp, "Status", None)
+        if not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo != msg_id or status is None:
+            assoc.abort()
+            return _Lost(
+                f"unexpected {type(rsp).__name__} from the peer in answer to the C-STORE of "
+                f"SOP Instance {f.sop_instance_uid}",
+                stalled=False,
+            )
+        return int(status)
+
+    def _store_with_pynetdicom(
+        self, assoc: Association, payload: Path | Dataset, f: InstanceFile, msg_id: int, outcome: SendOutcome
+    ) -> int | _Lost | None:
+        """Send one instance with pynetdicom's send_c_store (transcoded data sets, unusual files).
+
+        Returns the status, why the association is lost, or None when this instance failed locally
+        (recorded in outcome.failed) and the association can go on.
+        """
+        asked = time.monotonic()
+        try:
+            rsp = assoc.send_c_store(payload, msg_id=msg_id)
+        except (ValueError, AttributeError) as exc:
+            # No matching context after all, missing file meta, or the data set cannot be encoded.
+            outcome.failed[f.instance_id] = f"cannot send: {exc}"
+            return None
+        except OSError as exc:
+            outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
+            return None
+        except RuntimeError:
+            return _Lost("association ended by the peer", stalled=False)
+        status = rsp.get("Status")
+        if status is None:
+            return self._no_response(asked, f)
+        return int(status)
 
 
 def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:

@@ -29,6 +29,17 @@ from tests.peers import free_port, in_process_scp, make_series
 FAST = ForwardSettings(dimse_timeout=1.0, acse_timeout=2.0, network_timeout=5.0, stall_retries=2)
 
 
+@pytest.fixture(params=[True, False], ids=["fast-path", "send_c_store"])
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Every test runs with the C-STORE fast path (node.forward.wire) and with pynetdicom's send_c_store."""
+    return bool(request.param)
+
+
+@pytest.fixture
+def sender(fast_path: bool) -> DimseSender:
+    return DimseSender(FAST, "NODE", fast_path=fast_path)
+
+
 def destination(port: int, ae_title: str = "TESTSCP", **kw: object) -> DimseDestination:
     return DimseDestination(name="pacs", ae_title=ae_title, host="127.0.0.1", port=port, **kw)
 
@@ -49,11 +60,11 @@ def pixel_bytes(path: Path) -> bytes:
     return bytes(dcmread(path).PixelData)
 
 
-def test_all_delivered_as_stored(tmp_path: Path) -> None:
+def test_all_delivered_as_stored(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 5)
     rec = Recorder()
     with in_process_scp() as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert outcome.ok, outcome.error
     assert outcome.sent == [f.instance_id for f in files] == rec.ids
     assert outcome.statuses == {f.instance_id: 0 for f in files}
@@ -66,26 +77,26 @@ def test_all_delivered_as_stored(tmp_path: Path) -> None:
     assert outcome.duration_seconds > 0
 
 
-def test_empty_batch_opens_no_association(tmp_path: Path) -> None:
-    outcome = DimseSender(FAST, "NODE").send(destination(free_port()), [], Recorder())
+def test_empty_batch_opens_no_association(tmp_path: Path, sender: DimseSender) -> None:
+    outcome = sender.send(destination(free_port()), [], Recorder())
     assert outcome.ok and outcome.associations == 0 and outcome.sent == []
 
 
-def test_warning_counts_as_delivered(tmp_path: Path) -> None:
+def test_warning_counts_as_delivered(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 3)
     rec = Recorder()
     with in_process_scp(status_for=lambda uid: 0xB000) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert outcome.ok, outcome.error
     assert rec.calls == [(f.instance_id, 0xB000) for f in files]
 
 
-def test_partial_failure_records_status_and_sends_the_rest(tmp_path: Path) -> None:
+def test_partial_failure_records_status_and_sends_the_rest(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 5)
     bad = files[2]
     rec = Recorder()
     with in_process_scp(status_for=lambda uid: 0xA700 if uid == bad.sop_instance_uid else 0) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert not outcome.ok
     assert rec.ids == [f.instance_id for f in files if f is not bad] == outcome.sent
     assert outcome.statuses[bad.instance_id] == 0xA700
@@ -97,19 +108,19 @@ def test_partial_failure_records_status_and_sends_the_rest(tmp_path: Path) -> No
         assert part in outcome.error
 
 
-def test_cannot_understand_is_not_retryable(tmp_path: Path) -> None:
+def test_cannot_understand_is_not_retryable(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 2)
     with in_process_scp(status_for=lambda uid: 0xC000) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, Recorder())
+        outcome = sender.send(destination(scp.port), files, Recorder())
     assert outcome.sent == [] and not outcome.retryable
     assert outcome.statuses == {f.instance_id: 0xC000 for f in files}
 
 
-def test_association_rejected(tmp_path: Path) -> None:
+def test_association_rejected(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 2)
     rec = Recorder()
     with in_process_scp(require_calling_aet=["SOMEONE"]) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert not outcome.ok and rec.calls == [] and scp.received == []
     assert outcome.error is not None
     assert "association rejected" in outcome.error
@@ -121,20 +132,20 @@ def test_association_rejected(tmp_path: Path) -> None:
     assert outcome.associations == 1
 
 
-def test_calling_ae_title_of_destination_is_used(tmp_path: Path) -> None:
+def test_calling_ae_title_of_destination_is_used(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 1)
     with in_process_scp(require_calling_aet=["ROUTER"]) as scp:
-        outcome = DimseSender(FAST, "NODE").send(
+        outcome = sender.send(
             destination(scp.port, calling_ae_title="ROUTER"), files, Recorder()
         )
     assert outcome.ok, outcome.error
 
 
-def test_connection_refused(tmp_path: Path) -> None:
+def test_connection_refused(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 2)
     port = free_port()
     rec = Recorder()
-    outcome = DimseSender(FAST, "NODE").send(destination(port), files, rec)
+    outcome = sender.send(destination(port), files, rec)
     assert not outcome.ok and rec.calls == [] and outcome.sent == []
     assert outcome.error is not None
     assert "cannot connect" in outcome.error and "refused" in outcome.error.lower()
@@ -142,12 +153,12 @@ def test_connection_refused(tmp_path: Path) -> None:
     assert outcome.retryable
 
 
-def test_sop_class_refused_by_peer(tmp_path: Path) -> None:
+def test_sop_class_refused_by_peer(tmp_path: Path, sender: DimseSender) -> None:
     """The peer supports CT only: the MR instance fails without a status, the CT one is delivered."""
     files = make_series(tmp_path / "s", 2, sop_classes=[CTImageStorage, MRImageStorage])
     rec = Recorder()
     with in_process_scp() as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert rec.ids == [files[0].instance_id]
     assert list(outcome.failed) == [files[1].instance_id]
     assert "no presentation context" in outcome.failed[files[1].instance_id]
@@ -155,20 +166,22 @@ def test_sop_class_refused_by_peer(tmp_path: Path) -> None:
     assert not outcome.retryable
 
 
-def test_stored_explicit_sent_implicit_when_only_implicit_accepted(tmp_path: Path) -> None:
+def test_stored_explicit_sent_implicit_when_only_implicit_accepted(
+    tmp_path: Path, sender: DimseSender
+) -> None:
     files = make_series(tmp_path / "s", 3)
     with in_process_scp(transfer_syntaxes=[ImplicitVRLittleEndian]) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, Recorder())
+        outcome = sender.send(destination(scp.port), files, Recorder())
     assert outcome.ok, outcome.error
     for f, got in zip(files, scp.received, strict=True):
         assert got.transfer_syntax == ImplicitVRLittleEndian
         assert bytes(got.dataset.PixelData) == pixel_bytes(f.path)
 
 
-def test_compressed_sent_as_stored_when_accepted(tmp_path: Path) -> None:
+def test_compressed_sent_as_stored_when_accepted(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 3, transfer_syntax=RLELossless)
     with in_process_scp(transfer_syntaxes=[RLELossless, ExplicitVRLittleEndian]) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, Recorder())
+        outcome = sender.send(destination(scp.port), files, Recorder())
     assert outcome.ok, outcome.error
     for f, got in zip(files, scp.received, strict=True):
         assert got.transfer_syntax == RLELossless
@@ -176,10 +189,12 @@ def test_compressed_sent_as_stored_when_accepted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("accepted", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_compressed_decompressed_when_only_uncompressed_accepted(tmp_path: Path, accepted: str) -> None:
+def test_compressed_decompressed_when_only_uncompressed_accepted(
+    tmp_path: Path, accepted: str, sender: DimseSender
+) -> None:
     files = make_series(tmp_path / "s", 3, transfer_syntax=RLELossless)
     with in_process_scp(transfer_syntaxes=[accepted]) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, Recorder())
+        outcome = sender.send(destination(scp.port), files, Recorder())
     assert outcome.ok, outcome.error
     for f, got in zip(files, scp.received, strict=True):
         assert got.transfer_syntax == accepted
@@ -187,26 +202,26 @@ def test_compressed_decompressed_when_only_uncompressed_accepted(tmp_path: Path,
         np.testing.assert_array_equal(got.dataset.pixel_array, dcmread(f.path).pixel_array)
 
 
-def test_destination_transfer_syntaxes_restrict_the_offer(tmp_path: Path) -> None:
+def test_destination_transfer_syntaxes_restrict_the_offer(tmp_path: Path, sender: DimseSender) -> None:
     """Stored RLE, the peer would take RLE, but the destination is configured for Explicit only."""
     files = make_series(tmp_path / "s", 2, transfer_syntax=RLELossless)
     with in_process_scp(transfer_syntaxes=[RLELossless, ExplicitVRLittleEndian]) as scp:
         dest = destination(scp.port, transfer_syntaxes=[ExplicitVRLittleEndian])
-        outcome = DimseSender(FAST, "NODE").send(dest, files, Recorder())
+        outcome = sender.send(dest, files, Recorder())
     assert outcome.ok, outcome.error
     assert [r.transfer_syntax for r in scp.received] == [ExplicitVRLittleEndian] * 2
 
 
-def test_no_usable_syntax_fails_instance_not_retryable(tmp_path: Path) -> None:
+def test_no_usable_syntax_fails_instance_not_retryable(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 1, transfer_syntax=ExplicitVRLittleEndian)
     with in_process_scp(transfer_syntaxes=[RLELossless]) as scp:
         dest = destination(scp.port, transfer_syntaxes=[RLELossless])
-        outcome = DimseSender(FAST, "NODE").send(dest, files, Recorder())
+        outcome = sender.send(dest, files, Recorder())
     assert not outcome.ok and not outcome.retryable
     assert "peer accepted only RLE Lossless" in outcome.failed[files[0].instance_id]
 
 
-def test_many_sop_classes_are_split_over_associations(tmp_path: Path) -> None:
+def test_many_sop_classes_are_split_over_associations(tmp_path: Path, sender: DimseSender) -> None:
     """70 SOP classes x 2 syntaxes (stored Explicit, Implicit) = 140 contexts > 128: two associations."""
     storage = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
     sop_classes = [uid for uid in storage if uid_to_service_class(uid) is StorageServiceClass][:70]
@@ -214,31 +229,31 @@ def test_many_sop_classes_are_split_over_associations(tmp_path: Path) -> None:
     files = make_series(tmp_path / "s", 70, sop_classes=sop_classes)
     rec = Recorder()
     with in_process_scp(sop_classes=sop_classes) as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert outcome.ok, outcome.error
     assert outcome.associations == 2 == scp.associations
     assert sorted(rec.ids) == sorted(f.instance_id for f in files)
 
 
-def test_unreadable_file_fails_that_instance_only(tmp_path: Path) -> None:
+def test_unreadable_file_fails_that_instance_only(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 3)
     files[1].path.unlink()
     rec = Recorder()
     with in_process_scp() as scp:
-        outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+        outcome = sender.send(destination(scp.port), files, rec)
     assert rec.ids == [files[0].instance_id, files[2].instance_id]
     assert list(outcome.failed) == [files[1].instance_id]
     assert not outcome.ok
 
 
-def test_on_sent_error_propagates(tmp_path: Path) -> None:
+def test_on_sent_error_propagates(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 2)
 
     def boom(f: InstanceFile, status: int) -> None:
         raise RuntimeError("database is gone")
 
     with in_process_scp() as scp, pytest.raises(RuntimeError, match="database is gone"):
-        DimseSender(FAST, "NODE").send(destination(scp.port), files, boom)
+        sender.send(destination(scp.port), files, boom)
 
 
 class Staller:
@@ -259,14 +274,14 @@ class Staller:
             self.release.wait(timeout=30)
 
 
-def test_stall_reconnects_and_finishes(tmp_path: Path) -> None:
+def test_stall_reconnects_and_finishes(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 6)
     staller = Staller(files[3].sop_instance_uid, times=1)
     rec = Recorder()
     try:
         with in_process_scp(before_answer=staller) as scp:
             started = time.monotonic()
-            outcome = DimseSender(FAST, "NODE").send(destination(scp.port), files, rec)
+            outcome = sender.send(destination(scp.port), files, rec)
             elapsed = time.monotonic() - started
     finally:
         staller.release.set()
@@ -276,14 +291,16 @@ def test_stall_reconnects_and_finishes(tmp_path: Path) -> None:
     assert elapsed < 3 * FAST.dimse_timeout + 2
 
 
-def test_stall_beyond_retries_fails_retryable(tmp_path: Path) -> None:
+def test_stall_beyond_retries_fails_retryable(tmp_path: Path, fast_path: bool) -> None:
     settings = FAST.model_copy(update={"stall_retries": 1})
     files = make_series(tmp_path / "s", 4)
     staller = Staller(files[1].sop_instance_uid, times=10)
     rec = Recorder()
     try:
         with in_process_scp(before_answer=staller) as scp:
-            outcome = DimseSender(settings, "NODE").send(destination(scp.port), files, rec)
+            outcome = DimseSender(settings, "NODE", fast_path=fast_path).send(
+                destination(scp.port), files, rec
+            )
     finally:
         staller.release.set()
     assert not outcome.ok and outcome.retryable
@@ -293,3 +310,15 @@ def test_stall_beyond_retries_fails_retryable(tmp_path: Path) -> None:
     assert "no C-STORE response within dimse_timeout 1 s" in outcome.error
     assert files[1].sop_instance_uid in outcome.error
     assert "1 of 4 instances sent" in outcome.error
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 16384, 0])
+def test_fragmentation_at_the_peer_maximum_pdu(tmp_path: Path, sender: DimseSender, max_pdu: int) -> None:
+    """64x64 images (8 KiB of pixels) cross several PDUs at 4 KiB; none at an unlimited maximum."""
+    files = make_series(tmp_path / "s", 3, size=64)
+    with in_process_scp(maximum_pdu_size=max_pdu) as scp:
+        outcome = sender.send(destination(scp.port), files, Recorder())
+    assert outcome.ok, outcome.error
+    for f, got in zip(files, scp.received, strict=True):
+        assert bytes(got.dataset.PixelData) == pixel_bytes(f.path)
+        assert got.dataset.SOPInstanceUID == f.sop_instance_uid

@@ -37,9 +37,9 @@ def received_by_uid(scp: StoreScp) -> dict[str, Path]:
     return out
 
 
-def send(scp: StoreScp, files: list[InstanceFile]) -> list[int]:
+def send(scp: StoreScp, files: list[InstanceFile], fast_path: bool = True) -> list[int]:
     acknowledged: list[int] = []
-    outcome = DimseSender(SETTINGS, "NODE").send(
+    outcome = DimseSender(SETTINGS, "NODE", fast_path=fast_path).send(
         to(scp), files, lambda f, s: acknowledged.append(f.instance_id)
     )
     assert outcome.ok, outcome.error
@@ -48,11 +48,14 @@ def send(scp: StoreScp, files: list[InstanceFile]) -> list[int]:
     return acknowledged
 
 
-@pytest.mark.parametrize("series", ["itkelastix_chest", "lidc0001_full"])
-def test_series_arrives_byte_identical(tmp_path: Path, series: str) -> None:
+@pytest.mark.parametrize(
+    ("series", "fast_path"),
+    [("itkelastix_chest", True), ("lidc0001_full", True), ("itkelastix_chest", False)],
+)
+def test_series_arrives_byte_identical(tmp_path: Path, series: str, fast_path: bool) -> None:
     files = instance_files(ct_files(series))
     with run_storescp(tmp_path / "in") as scp:
-        send(scp, files)
+        send(scp, files, fast_path)
         got = received_by_uid(scp)
     assert set(got) == {f.sop_instance_uid for f in files}
     for f in files:

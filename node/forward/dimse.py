@@ -54,7 +54,7 @@ from node.forward.base import (
     status_is_retryable,
 )
 from node.forward.transcode import TranscodeError, can_transcode, load_for_target
-from node.forward.wire import WireError, WireStore, dataset_offset
+from node.forward.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
 from node.netloop import CONN_OPEN_HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -139,6 +139,10 @@ def plan_associations(
     if current.syntaxes:
         plans.append(current)
     return plans
+
+
+# _store_on_wire's answer for a file that pynetdicom must send (its File Meta needs a full parse).
+_NOT_ON_WIRE = -1
 
 
 class _Unsendable(Exception):
@@ -342,19 +346,15 @@ class DimseSender:
                 return pending[index:], _Lost("association ended by the peer", stalled=False)
             try:
                 payload = _payload(f, accepted.get(f.sop_class_uid, []))
-                offset = dataset_offset(payload) if wire and isinstance(payload, Path) else None
             except _Unsendable as exc:
                 outcome.failed[f.instance_id] = str(exc)
                 continue
-            except OSError as exc:
-                outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
-                continue
             msg_id = msg_id % 65535 + 1
-            answer: int | _Lost | None
-            if wire is not None and offset is not None:
+            answer: int | _Lost | None = _NOT_ON_WIRE
+            if wire is not None and isinstance(payload, Path):
                 context_id = context_ids[(f.sop_class_uid, f.transfer_syntax_uid)]
-                answer = self._store_on_wire(assoc, wire, context_id, f, offset, msg_id)
-            else:
+                answer = self._store_on_wire(assoc, wire, context_id, f, msg_id, outcome)
+            if answer is _NOT_ON_WIRE:
                 answer = self._store_with_pynetdicom(assoc, payload, f, msg_id, outcome)
             if answer is None:
                 continue
@@ -392,12 +392,22 @@ class DimseSender:
         )
 
     def _store_on_wire(
-        self, assoc: Association, wire: WireStore, context_id: int, f: InstanceFile, offset: int, msg_id: int
-    ) -> int | _Lost:
-        """Send one as-stored instance with node.forward.wire; its status, or why the association is lost."""
+        self, assoc: Association, wire: WireStore, context_id: int, f: InstanceFile, msg_id: int,
+        outcome: SendOutcome,
+    ) -> int | _Lost | None:
+        """Send one as-stored instance with node.forward.wire.
+
+        Returns the status, why the association is lost, None when the file cannot be read (recorded
+        in outcome.failed, nothing was sent), or _NOT_ON_WIRE for a file to send with pynetdicom.
+        """
         asked = time.monotonic()
         try:
-            wire.send(context_id, f.sop_class_uid, f.sop_instance_uid, msg_id, f.path, offset)
+            wire.send(context_id, f.sop_class_uid, f.sop_instance_uid, msg_id, f.path)
+        except NotPlainPart10:
+            return _NOT_ON_WIRE
+        except UnreadableFile as exc:
+            outcome.failed[f.instance_id] = str(exc)
+            return None
         except WireError as exc:
             # Part of a message may be on the wire: the association cannot be used any more.
             assoc.abort()

@@ -49,6 +49,14 @@ class WireError(Exception):
         self.closed = closed
 
 
+class UnreadableFile(Exception):
+    """The file could not be opened or its header read; nothing was sent."""
+
+
+class NotPlainPart10(Exception):
+    """The file is not a Part 10 file whose File Meta starts with its group length; nothing was sent."""
+
+
 def dataset_offset(path: Path) -> int | None:
     """Offset of the data set in a Part 10 file whose File Meta starts with its group length.
 
@@ -56,7 +64,10 @@ def dataset_offset(path: Path) -> int | None:
     falls back to pynetdicom, which parses the File Meta fully.
     """
     with open(path, "rb") as f:
-        head = f.read(_PREAMBLE + 16)
+        return _offset_from_head(f.read(_PREAMBLE + 16))
+
+
+def _offset_from_head(head: bytes) -> int | None:
     if len(head) < _PREAMBLE + 16 or head[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         return None
     # (0002,0000) UL, explicit VR little endian: tag, "UL", length 4, value.
@@ -116,15 +127,32 @@ class WireStore:
         return hasattr(socket, "MSG_DONTWAIT")
 
     def send(
-        self, context_id: int, sop_class_uid: str, sop_instance_uid: str, message_id: int,
-        path: Path, offset: int,
+        self, context_id: int, sop_class_uid: str, sop_instance_uid: str, message_id: int, path: Path
     ) -> None:
-        """Write one C-STORE-RQ: the command, then the file's data set from `offset`, fragmented."""
-        command = c_store_command(sop_class_uid, sop_instance_uid, message_id)
-        # Commands are small; a peer's maximum PDU is at least a few KiB (dcmtk: 4096).
-        self._write(pdata_header(context_id, 0x03, len(command)) + command)
-        with open(path, "rb") as f:
+        """Write one C-STORE-RQ: the command, then the file's data set (after its File Meta), fragmented.
+
+        Raises NotPlainPart10 before writing anything when the file's File Meta cannot be skipped
+        by its group length (the caller sends such a file with pynetdicom), UnreadableFile when it
+        cannot be opened (nothing sent either), OSError when reading fails part way, WireError when
+        the connection fails.
+        """
+        # Opened outside `with` so that an open failure (nothing sent) is told apart from a read failure.
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise UnreadableFile(f"cannot read {path}: {exc.strerror or exc}") from exc
+        with f:
+            try:
+                head = f.read(_PREAMBLE + 16)
+            except OSError as exc:
+                raise UnreadableFile(f"cannot read {path}: {exc.strerror or exc}") from exc
+            offset = _offset_from_head(head)
+            if offset is None:
+                raise NotPlainPart10(str(path))
             f.seek(offset)
+            command = c_store_command(sop_class_uid, sop_instance_uid, message_id)
+            # Commands are small; a peer's maximum PDU is at least a few KiB (dcmtk: 4096).
+            self._write(pdata_header(context_id, 0x03, len(command)) + command)
             self._write_data_set(context_id, f)
 
     def _write_data_set(self, context_id: int, f: BinaryIO) -> None:

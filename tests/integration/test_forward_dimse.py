@@ -322,3 +322,15 @@ def test_fragmentation_at_the_peer_maximum_pdu(tmp_path: Path, sender: DimseSend
     for f, got in zip(files, scp.received, strict=True):
         assert bytes(got.dataset.PixelData) == pixel_bytes(f.path)
         assert got.dataset.SOPInstanceUID == f.sop_instance_uid
+
+
+def test_file_meta_without_group_length_goes_through_pynetdicom(tmp_path: Path, sender: DimseSender) -> None:
+    """A Part 10 file whose File Meta lacks (0002,0000) cannot be skipped by length: sent the slow way."""
+    files = make_series(tmp_path / "s", 2)
+    raw = files[0].path.read_bytes()
+    assert raw[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+    files[0].path.write_bytes(raw[:132] + raw[144:])  # drop the group length element
+    with in_process_scp() as scp:
+        outcome = sender.send(destination(scp.port), files, Recorder())
+    assert outcome.ok, outcome.error
+    assert bytes(scp.received[0].dataset.PixelData) == pixel_bytes(files[0].path)

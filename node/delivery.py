@@ -81,6 +81,8 @@ class Deliverer:
             )
             return
 
+        # End the read transaction before the (long) send: no snapshot or lock is held across the network.
+        session.commit()
         buffer: list[SentInstance] = []
 
         def flush() -> None:

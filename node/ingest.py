@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -158,6 +158,18 @@ class Ingest:
                     )
                     session.add(series)
                     session.flush()
+                else:
+                    # Write to the series row first: this takes its lock (PostgreSQL row lock, SQLite's
+                    # write lock) so that the state read below cannot change before this commits. A
+                    # completion racing with this instance either happened before (then this instance
+                    # starts a follow-up) or sees the new last_received_at and does not complete.
+                    session.execute(
+                        update(Series)
+                        .where(Series.id == series.id)
+                        .values(last_received_at=now)
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.refresh(series)
                 existing = session.scalar(
                     select(Instance).where(
                         Instance.series_id == series.id, Instance.sop_instance_uid == sop_uid

@@ -57,3 +57,29 @@ def test_full_path_with_concurrent_senders(tmp_path: Path, db_url: str) -> None:
         assert len(received) == 24 and len(set(received)) == 24
     finally:
         sink.shutdown()
+
+
+def test_one_series_from_two_associations_at_once_counts_every_instance(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, database_url=db_url, completion={"quiet_seconds": 3600})
+    series_uid, study_uid = generate_uid(), generate_uid()
+    halves = [range(1, 16), range(16, 31)]
+    statuses: list[list[int]] = []
+    with running_node(settings) as node:
+        senders = [
+            threading.Thread(
+                target=lambda numbers=numbers: statuses.append(
+                    store(node.port, [synthetic_ct(series_uid, study_uid, number=n) for n in numbers])
+                )
+            )
+            for numbers in halves
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(60)
+        assert sorted(map(len, statuses)) == [15, 15] and all(s == 0 for batch in statuses for s in batch)
+        with node.sessions() as session:
+            story = series_story(session, series_uid)
+        # A lost update on the series row would count fewer.
+        assert story["series"]["instance_count"] == 30
+        assert story["instances"]["count"] == 30

@@ -140,6 +140,7 @@ class NodeService:
         self.wake_delivery.set()
         for worker in self.workers:
             worker.join(drain_seconds)
+        self.spool.close()
         with self.sessions() as session:
             audit.record(session, Events.NODE_STOPPED, "node stopped")
             session.commit()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,7 +22,7 @@ from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
 from node.errors import InvalidUIDError, SpoolError
-from node.spool import Spool, sha256_hex
+from node.spool import Spool, StagedFile
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,22 @@ class Accepted:
     series_uid: str
     last_received_at: dt.datetime
     expected_count_reached: bool
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """The validated UIDs and counters of one instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class: str
+    expected: int | None
+    instance_number: int | None
+
+
+_SERIES_COLUMNS = (Series.id, Series.state, Series.generation, Series.instance_count, Series.expected_count)
+SeriesRow = Row[int, str, int, int, int | None]
 
 
 class RejectedInstance(Exception):
@@ -113,159 +130,143 @@ class Ingest:
                 f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
                 f"{self._receive.max_instance_bytes}",
             )
-        digest = sha256_hex(item.data)
-        expected = self._expected_count(ds)
-        instance_number = _int_or_none(ds.get("InstanceNumber"))
+        ident = _Identity(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class=sop_class,
+            expected=self._expected_count(ds),
+            instance_number=_int_or_none(ds.get("InstanceNumber")),
+        )
         for attempt in range(2):
+            # The file is written, fdatasync'd and hashed on the spool's I/O threads while this thread
+            # does the database work; both must finish before the success status.
+            staged = self._spool.stage_async(item.data)
             try:
-                return self._record(
-                    item, study_uid, series_uid, sop_uid, sop_class, digest, expected, instance_number
-                )
+                return self._record(item, ident, staged)
             except IntegrityError:
                 # Another association created the same series (or instance) at the same moment.
                 if attempt == 1:
                     raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "database conflict, retry") from None
+            finally:
+                _discard_unplaced(self._spool, staged)
         raise AssertionError("unreachable")
 
-    def _record(
-        self,
-        item: Received,
-        study_uid: str,
-        series_uid: str,
-        sop_uid: str,
-        sop_class: str,
-        digest: str,
-        expected: int | None,
-        instance_number: int | None,
-    ) -> Accepted:
+    def _record(self, item: Received, ident: _Identity, staged_future: Future[StagedFile]) -> Accepted:
+        """One transaction, in SQLAlchemy Core statements (this is the hot path: the ORM's unit of work
+        cost more than the fdatasync here)."""
         now = utcnow()
         written: str | None = None
         obsolete: str | None = None
+        series_uid, sop_uid = ident.series_uid, ident.sop_uid
         try:
             with self._sessions() as session, session.begin():
-                series = session.scalar(select(Series).where(Series.series_uid == series_uid))
-                if series is None:
-                    series = Series(
-                        series_uid=series_uid,
-                        study_uid=study_uid,
-                        modality=str(item.dataset.get("Modality", "") or "") or None,
-                        calling_ae=item.calling_ae,
-                        state=SeriesState.RECEIVING,
-                        generation=1,
-                        instance_count=0,
-                        first_received_at=now,
-                        last_received_at=now,
-                    )
-                    session.add(series)
-                    session.flush()
-                else:
-                    # Write to the series row first: this takes its lock (PostgreSQL row lock, SQLite's
-                    # write lock) so that the state read below cannot change before this commits. A
-                    # completion racing with this instance either happened before (then this instance
-                    # starts a follow-up) or sees the new last_received_at and does not complete.
-                    session.execute(
-                        update(Series)
-                        .where(Series.id == series.id)
-                        .values(last_received_at=now)
-                        .execution_options(synchronize_session=False)
-                    )
-                    session.refresh(series)
-                existing = session.scalar(
-                    select(Instance).where(
+                series = self._lock_series(session, item, ident, now)
+                existing = session.execute(
+                    select(Instance.id, Instance.sha256, Instance.path).where(
                         Instance.series_id == series.id, Instance.sop_instance_uid == sop_uid
                     )
-                )
+                ).first()
+                staged = staged_future.result()
                 common = Where(
                     series_uid=series_uid,
                     sop_instance_uid=sop_uid,
                     calling_ae=item.calling_ae,
                     peer=item.peer,
                 )
-                if existing is not None and existing.sha256 == digest:
+                if existing is not None and existing.sha256 == staged.sha256:
                     audit.record(
                         session,
                         Events.INSTANCE_DUPLICATE,
                         "same bytes received again; acknowledged, not stored twice",
-                        details={"size": len(item.data), "identical": True},
+                        details={"size": staged.size, "identical": True},
                         **common,
                     )
-                    return Accepted("duplicate", series_uid, series.last_received_at, False)
+                    return Accepted("duplicate", series_uid, now, False)
                 if existing is not None and self._receive.duplicate_policy == "keep_first":
                     audit.record(
                         session,
                         Events.INSTANCE_DUPLICATE,
                         "different bytes for a stored SOP Instance UID; kept the first (keep_first)",
                         details={
-                            "size": len(item.data),
+                            "size": staged.size,
                             "identical": False,
-                            "sha256": digest,
+                            "sha256": staged.sha256,
                             "kept_sha256": existing.sha256,
                         },
                         **common,
                     )
-                    return Accepted("kept_first", series_uid, series.last_received_at, False)
+                    return Accepted("kept_first", series_uid, now, False)
 
-                self._start_follow_up_if_needed(session, series, common)
+                generation = self._start_follow_up_if_needed(session, series, common)
+                file_columns = dict(
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                    size=staged.size,
+                    sha256=staged.sha256,
+                    generation=generation,
+                    received_at=now,
+                )
+                outcome: Outcome
+                count = series.instance_count
                 if existing is None:
-                    written = Spool.relative_path(study_uid, series_uid, sop_uid)
-                    self._spool.write(written, item.data)
-                    session.add(
-                        Instance(
+                    written = Spool.relative_path(ident.study_uid, series_uid, sop_uid)
+                    self._spool.place(staged, written)
+                    session.execute(
+                        insert(Instance).values(
                             series_id=series.id,
                             sop_instance_uid=sop_uid,
-                            sop_class_uid=sop_class,
-                            transfer_syntax_uid=item.transfer_syntax_uid,
-                            instance_number=instance_number,
+                            sop_class_uid=ident.sop_class,
+                            instance_number=ident.instance_number,
                             path=written,
-                            size=len(item.data),
-                            sha256=digest,
-                            generation=series.generation,
-                            received_at=now,
+                            **file_columns,
                         )
                     )
-                    series.instance_count += 1
-                    outcome: Outcome = "stored"
+                    count += 1
+                    outcome = "stored"
                     audit.record(
                         session,
                         Events.INSTANCE_STORED,
                         "",
                         details={
-                            "size": len(item.data),
+                            "size": staged.size,
                             "transfer_syntax": item.transfer_syntax_uid,
-                            "sop_class": sop_class,
+                            "sop_class": ident.sop_class,
                         },
                         **common,
                     )
                 else:
                     # Replace: the new file goes to a new path; the old one is removed after commit.
-                    variant = _next_variant(existing.path)
-                    written = Spool.relative_path(study_uid, series_uid, sop_uid, variant)
-                    self._spool.write(written, item.data)
+                    written = Spool.relative_path(
+                        ident.study_uid, series_uid, sop_uid, _next_variant(existing.path)
+                    )
+                    self._spool.place(staged, written)
                     obsolete = existing.path
+                    session.execute(
+                        update(Instance)
+                        .where(Instance.id == existing.id)
+                        .values(path=written, **file_columns)
+                    )
+                    outcome = "replaced"
                     audit.record(
                         session,
                         Events.INSTANCE_REPLACED,
                         "different bytes for a stored SOP Instance UID; replaced (policy replace)",
                         details={
-                            "size": len(item.data),
+                            "size": staged.size,
                             "old_sha256": existing.sha256,
-                            "sha256": digest,
+                            "sha256": staged.sha256,
                             "transfer_syntax": item.transfer_syntax_uid,
                         },
                         **common,
                     )
-                    existing.path = written
-                    existing.size = len(item.data)
-                    existing.sha256 = digest
-                    existing.transfer_syntax_uid = item.transfer_syntax_uid
-                    existing.generation = series.generation
-                    existing.received_at = now
-                    outcome = "replaced"
-                series.last_received_at = now
-                if expected is not None:
-                    series.expected_count = expected
-                reached = series.expected_count is not None and series.instance_count >= series.expected_count
-                result = Accepted(outcome, series_uid, now, reached)
+                expected = ident.expected if ident.expected is not None else series.expected_count
+                # Safe read-modify-write: this transaction holds the series row's lock (_lock_series).
+                session.execute(
+                    update(Series)
+                    .where(Series.id == series.id)
+                    .values(instance_count=count, expected_count=expected)
+                )
+                result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
         except SpoolError as exc:
             logger.error("spool write failed for %s in series %s: %s", sop_uid, series_uid, exc)
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, str(exc)) from exc
@@ -280,21 +281,61 @@ class Ingest:
             self._spool.remove(obsolete)
         return result
 
-    def _start_follow_up_if_needed(self, session: Session, series: Series, common: Where) -> None:
+    def _lock_series(self, session: Session, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
+        """The series row (id, state, generation, counts), created if new. An existing row is written
+        first (UPDATE ... RETURNING) so that this transaction holds its lock (PostgreSQL row lock,
+        SQLite's write lock) before its state is read. A completion racing with this instance then
+        either happened before (this instance starts a follow-up) or sees the new last_received_at
+        and does not complete."""
+        touched = session.execute(
+            update(Series)
+            .where(Series.series_uid == ident.series_uid)
+            .values(last_received_at=now)
+            .returning(*_SERIES_COLUMNS)
+        ).first()
+        if touched is not None:
+            return touched
+        return session.execute(
+            insert(Series)
+            .values(
+                series_uid=ident.series_uid,
+                study_uid=ident.study_uid,
+                modality=str(item.dataset.get("Modality", "") or "") or None,
+                calling_ae=item.calling_ae,
+                state=SeriesState.RECEIVING,
+                generation=1,
+                instance_count=0,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            .returning(*_SERIES_COLUMNS)
+        ).one()
+
+    def _start_follow_up_if_needed(self, session: Session, series: SeriesRow, common: Where) -> int:
+        """Returns the generation new instances belong to (a new one if the series had completed)."""
         if series.state == SeriesState.RECEIVING:
-            return
-        series.generation += 1
-        series.state = SeriesState.RECEIVING
-        series.completed_at = None
-        series.complete_reason = None
-        series.files_deleted_at = None  # retention may have removed earlier files; new ones arrive
+            return int(series.generation)
+        generation = int(series.generation) + 1
+        session.execute(
+            update(Series)
+            .where(Series.id == series.id)
+            .values(
+                generation=generation,
+                state=SeriesState.RECEIVING,
+                completed_at=None,
+                complete_reason=None,
+                # retention may have removed earlier files; new ones arrive
+                files_deleted_at=None,
+            )
+        )
         audit.record(
             session,
             Events.SERIES_FOLLOW_UP,
-            f"instance arrived after completion; follow-up generation {series.generation} started",
-            details={"generation": series.generation},
+            f"instance arrived after completion; follow-up generation {generation} started",
+            details={"generation": generation},
             **common,
         )
+        return generation
 
     def _expected_count(self, ds: Dataset) -> int | None:
         keyword = self._completion.expected_count_attribute
@@ -346,3 +387,11 @@ def _next_variant(path: str) -> int:
     stem = path.rsplit("/", 1)[-1].removesuffix(".dcm")
     _, sep, counter = stem.partition("~")
     return int(counter) + 1 if sep and counter.isdigit() else 1
+
+
+def _discard_unplaced(spool: Spool, staged: Future[StagedFile]) -> None:
+    """Remove the temporary file of a staged write that did not end up in the spool."""
+    try:
+        spool.discard(staged.result())
+    except SpoolError:
+        pass  # the write itself failed: there is nothing to remove

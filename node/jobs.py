@@ -123,6 +123,11 @@ def fail(
     return False
 
 
+def dead_letter(session: Session, job: Job, error: str) -> None:
+    """Fail the job at once, without retries (the caller audits why)."""
+    fail(session, job, error, max_attempts=1, initial=0, factor=1, maximum=0, retryable=False)
+
+
 def requeue(session: Session, job: Job, reason: str) -> None:
     """Put a failed (or done) job back in the queue with a fresh attempt count, and audit it."""
     now = utcnow()

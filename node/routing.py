@@ -144,7 +144,7 @@ class Router:
     def fail(self, session: Session, job: Job, error: str) -> None:
         """A route job that cannot run: dead letter (requeue with `node deliveries retry` once fixed)."""
         series = session.get(Series, job.series_id)
-        jobs.fail(session, job, error, max_attempts=1, initial=0, factor=1, maximum=0, retryable=False)
+        jobs.dead_letter(session, job, error)
         audit.record(
             session,
             Events.ROUTE_FAILED,

@@ -392,7 +392,12 @@ class DimseSender:
         )
 
     def _store_on_wire(
-        self, assoc: Association, wire: WireStore, context_id: int, f: InstanceFile, msg_id: int,
+        self,
+        assoc: Association,
+        wire: WireStore,
+        context_id: int,
+        f: InstanceFile,
+        msg_id: int,
         outcome: SendOutcome,
     ) -> int | _Lost | None:
         """Send one as-stored instance with node.forward.wire.

@@ -89,14 +89,16 @@ def _uid(value: str) -> bytes:
 
 def c_store_command(sop_class_uid: str, sop_instance_uid: str, message_id: int) -> bytes:
     """The encoded command set of a C-STORE-RQ with a data set, low priority."""
-    body = b"".join((
-        _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
-        _element(0x0100, struct.pack("<H", _C_STORE_RQ)),  # Command Field
-        _element(0x0110, struct.pack("<H", message_id)),  # Message ID
-        _element(0x0700, struct.pack("<H", _PRIORITY_LOW)),  # Priority
-        _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),  # Command Data Set Type
-        _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
-    ))
+    body = b"".join(
+        (
+            _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
+            _element(0x0100, struct.pack("<H", _C_STORE_RQ)),  # Command Field
+            _element(0x0110, struct.pack("<H", message_id)),  # Message ID
+            _element(0x0700, struct.pack("<H", _PRIORITY_LOW)),  # Priority
+            _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),  # Command Data Set Type
+            _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
+        )
+    )
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +65,24 @@ class _Identity:
 
 _SERIES_COLUMNS = (Series.id, Series.state, Series.generation, Series.instance_count, Series.expected_count)
 SeriesRow = Row[int, str, int, int, int | None]
+
+# Statements of the receive path, built once: building them per instance (coercion, cache keys) cost
+# more than executing them.
+_TOUCH_SERIES = (
+    update(Series)
+    .where(Series.series_uid == bindparam("b_uid"))
+    .values(last_received_at=bindparam("b_now"))
+    .returning(*_SERIES_COLUMNS)
+)
+_FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.path).where(
+    Instance.series_id == bindparam("b_series"), Instance.sop_instance_uid == bindparam("b_sop")
+)
+_INSERT_INSTANCE = insert(Instance)
+_COUNT_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("b_id"))
+    .values(instance_count=bindparam("b_count"), expected_count=bindparam("b_expected"))
+)
 
 
 class RejectedInstance(Exception):
@@ -161,11 +179,7 @@ class Ingest:
         try:
             with self._sessions() as session, session.begin():
                 series = self._lock_series(session, item, ident, now)
-                existing = session.execute(
-                    select(Instance.id, Instance.sha256, Instance.path).where(
-                        Instance.series_id == series.id, Instance.sop_instance_uid == sop_uid
-                    )
-                ).first()
+                existing = session.execute(_FIND_INSTANCE, {"b_series": series.id, "b_sop": sop_uid}).first()
                 # The digest is ready long before the file is durable; the database work goes on meanwhile.
                 digest = pending.digest.result()
                 size = len(item.data)
@@ -212,14 +226,15 @@ class Ingest:
                 if existing is None:
                     written = Spool.relative_path(ident.study_uid, series_uid, sop_uid)
                     session.execute(
-                        insert(Instance).values(
+                        _INSERT_INSTANCE,
+                        dict(
                             series_id=series.id,
                             sop_instance_uid=sop_uid,
                             sop_class_uid=ident.sop_class,
                             instance_number=ident.instance_number,
                             path=written,
                             **file_columns,
-                        )
+                        ),
                     )
                     count += 1
                     outcome = "stored"
@@ -260,11 +275,7 @@ class Ingest:
                     )
                 expected = ident.expected if ident.expected is not None else series.expected_count
                 # Safe read-modify-write: this transaction holds the series row's lock (_lock_series).
-                session.execute(
-                    update(Series)
-                    .where(Series.id == series.id)
-                    .values(instance_count=count, expected_count=expected)
-                )
+                session.execute(_COUNT_SERIES, {"b_id": series.id, "b_count": count, "b_expected": expected})
                 # Last: wait until the file is durable, then rename it into place; the commit follows.
                 self._spool.place(pending.staged.result(), written)
                 result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
@@ -288,12 +299,7 @@ class Ingest:
         SQLite's write lock) before its state is read. A completion racing with this instance then
         either happened before (this instance starts a follow-up) or sees the new last_received_at
         and does not complete."""
-        touched = session.execute(
-            update(Series)
-            .where(Series.series_uid == ident.series_uid)
-            .values(last_received_at=now)
-            .returning(*_SERIES_COLUMNS)
-        ).first()
+        touched = session.execute(_TOUCH_SERIES, {"b_uid": ident.series_uid, "b_now": now}).first()
         if touched is not None:
             return touched
         return session.execute(

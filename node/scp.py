@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -230,16 +231,9 @@ class StorageSCP:
     def stop(self, drain_seconds: float) -> None:
         """Refuse new associations, wait up to drain_seconds for those in progress, then close."""
         self.policy.drain()
-        finished = threading.Event()
-
-        def _wait() -> None:
-            while self.ae.active_associations and not finished.wait(0.05):
-                pass
-
-        waiter = threading.Thread(target=_wait, daemon=True)
-        waiter.start()
-        waiter.join(drain_seconds)
-        finished.set()
+        deadline = time.monotonic() + drain_seconds
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)  # pynetdicom offers no event for "last association ended"
         if self._server is not None:
             self._server.shutdown()
             self._server = None

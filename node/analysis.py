@@ -20,6 +20,8 @@ class AnalysisResult:
     facts: dict[str, Any] = field(default_factory=dict)
     # A compact, JSON-serialisable account for the audit (model version, timings, reasons).
     audit: dict[str, Any] = field(default_factory=dict)
+    # One line for the audit row's message (e.g. "body_part Chest (image 0.93), ...").
+    summary: str = ""
 
 
 class SeriesAnalyser(Protocol):
@@ -30,4 +32,4 @@ class NoAnalysis:
     """Routes on attributes alone."""
 
     def analyse(self, series_uid: str, header: Dataset, files: Sequence[Path]) -> AnalysisResult:
-        return AnalysisResult(facts={}, audit={"analyser": "none"})
+        return AnalysisResult(facts={}, audit={"analyser": "none"}, summary="not analysed")

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from node import audit, jobs, retention
-from node.analysis import NoAnalysis, SeriesAnalyser
+from node.analysis import SeriesAnalyser
 from node.audit import Events
+from node.classify.factory import build_analyser
 from node.config import Settings
 from node.db.migrate import upgrade
 from node.db.models import JobKind
@@ -48,10 +49,14 @@ def open_database(settings: Settings) -> sessionmaker[Session]:
 @dataclass
 class NodeService:
     settings: Settings
-    analyser: SeriesAnalyser = field(default_factory=NoAnalysis)
+    # None: built from settings.classify (the classifier, or no analysis when disabled).
+    analyser: SeriesAnalyser | None = None
+    route_workers: int = 1
 
     def __post_init__(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.analyser is None:
+            self.analyser, self.route_workers = build_analyser(self.settings.classify)
         self.sessions = open_database(self.settings)
         self.spool = Spool(self.settings.resolved_spool_dir)
         self.rules = RulesHolder(self.settings.rules_path)
@@ -85,11 +90,12 @@ class NodeService:
                 },
             )
             session.commit()
-        self.workers.append(
-            self._worker(
-                "router", [JobKind.ROUTE], self.router.handle, self.router.on_crash, self.wake_router
+        for n in range(self.route_workers):
+            self.workers.append(
+                self._worker(
+                    f"router-{n}", [JobKind.ROUTE], self.router.handle, self.router.on_crash, self.wake_router
+                )
             )
-        )
         for n in range(self.settings.forward.workers):
             self.workers.append(
                 self._worker(
@@ -141,6 +147,9 @@ class NodeService:
         for worker in self.workers:
             worker.join(drain_seconds)
         self.spool.close()
+        close = getattr(self.analyser, "close", None)
+        if close is not None:
+            close()
         with self.sessions() as session:
             audit.record(session, Events.NODE_STOPPED, "node stopped")
             session.commit()

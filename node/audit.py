@@ -21,6 +21,7 @@ class Events:
     SERIES_FOLLOW_UP = "series.follow_up"
     SERIES_COMPLETE = "series.complete"
     SERIES_ANALYSED = "series.analysed"
+    CLASSIFICATION_DISAGREEMENT = "classification.disagreement"
     ROUTE_DECISION = "route.decision"
     ROUTE_FAILED = "route.failed"
     DELIVERY_QUEUED = "delivery.queued"

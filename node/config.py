@@ -74,6 +74,30 @@ class RetentionSettings(_Strict):
     sweep_interval_seconds: float = Field(60.0, gt=0)
 
 
+class ClassifySettings(_Strict):
+    """Classification between completion and routing (docs/classification.md)."""
+
+    enabled: bool = True
+    # A model package (MONAI bundle layout); None means the starter model shipped with the node.
+    model_dir: Path | None = None
+    # auto: CUDA when torch sees a GPU, else CPU. Or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    # Half precision (autocast) on CUDA; ignored on CPU.
+    fp16: bool = True
+    # Series classified in one forward pass; None: 8 on CUDA, 1 on CPU (batching does not help a CPU).
+    max_batch: int | None = Field(None, ge=1, le=256)
+    # How long the engine waits for more series to fill a batch once one is waiting.
+    batch_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # Route workers (each assembles volumes in parallel; the engine batches their inference).
+    # None: 4 on CUDA, 1 on CPU.
+    workers: int | None = Field(None, ge=1, le=64)
+    # CPU threads for torch; None leaves torch's default (one per core).
+    cpu_threads: int | None = Field(None, ge=1, le=256)
+    # Below this probability an image answer is "low confidence"; a prior at least this confident wins.
+    min_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    min_prior_confidence: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class Settings(_Strict):
     data_dir: Path = Path("node-data")
     # Default: SQLite (WAL) at <data_dir>/node.db. PostgreSQL: postgresql+psycopg://user:pw@host/db
@@ -85,6 +109,7 @@ class Settings(_Strict):
     completion: CompletionSettings = CompletionSettings()
     forward: ForwardSettings = ForwardSettings()
     retention: RetentionSettings = RetentionSettings()
+    classify: ClassifySettings = ClassifySettings()
 
     @property
     def resolved_database_url(self) -> str:
@@ -125,6 +150,10 @@ def load_settings(path: Path | None, overrides: dict[str, object] | None = None)
             value = raw.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 raw[key] = str((path.parent / value).resolve())
+        classify = raw.get("classify")
+        if isinstance(classify, dict) and isinstance(classify.get("model_dir"), str):
+            if not Path(classify["model_dir"]).is_absolute():
+                classify["model_dir"] = str((path.parent / classify["model_dir"]).resolve())
     if overrides:
         raw = {**raw, **overrides}
     try:

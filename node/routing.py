@@ -83,11 +83,27 @@ class Router:
         audit.record(
             session,
             Events.SERIES_ANALYSED,
-            "",
+            analysis.summary,
             series_uid=series.series_uid,
             job_id=job.id,
             details=analysis.audit,
         )
+        if analysis.facts.get("disagreement.any"):
+            disagreeing = sorted(analysis.audit.get("disagreement", {}))
+            audit.record(
+                session,
+                Events.CLASSIFICATION_DISAGREEMENT,
+                "tags and image disagree on " + ", ".join(disagreeing),
+                series_uid=series.series_uid,
+                job_id=job.id,
+                details={
+                    task: {
+                        "prior": analysis.facts.get(f"prior.{task}"),
+                        "image": analysis.facts.get(f"image.{task}"),
+                    }
+                    for task in disagreeing
+                },
+            )
         facts = SeriesFacts(
             series_uid=series.series_uid,
             attributes=header,

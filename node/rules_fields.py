@@ -23,7 +23,7 @@ from node.facts import SeriesFacts
 NODE_FIELDS = ("series.instance_count", "series.calling_ae", "series.generation")
 # Names filled by the analysis step in SeriesFacts.extra (exact names and namespaces).
 EXTRA_NAMES = ("classifiable",)
-EXTRA_NAMESPACES = ("prediction.", "prior.", "disagreement.")
+EXTRA_NAMESPACES = ("prediction.", "prior.", "disagreement.", "image.", "classification.")
 
 # Never written to the audit trail (only to an interactive dry run) even when a rule tests them.
 IDENTIFYING_KEYWORDS = frozenset(

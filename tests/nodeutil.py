@@ -32,11 +32,15 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "dimse_timeout": 5,
         **overrides.pop("forward", {}),
     }
+    # Classification is off unless a test asks for it: the core tests route on attributes and
+    # stay fast; tests/integration/test_classify_node.py and the e2e tests turn it on.
+    classify = {"enabled": False, **overrides.pop("classify", {})}
     raw = {
         "data_dir": str(tmp_path / "data"),
         "receive": receive,
         "completion": completion,
         "forward": forward,
+        "classify": classify,
         **overrides,
     }
     return Settings.model_validate(raw)
@@ -129,6 +133,7 @@ class NodeProcess:
     def __init__(self, work: Path, settings: dict[str, Any]) -> None:
         self.work = work
         self.config_path = work / "node.yaml"
+        settings = {**settings, "classify": {"enabled": False, **settings.get("classify", {})}}
         self.config_path.write_text(yaml.safe_dump(settings))
         self.port = int(settings["receive"]["port"])
         self.log_path = work / "node.log"

@@ -1,0 +1,105 @@
+"""The classifying analyser: what the route job asks between "series complete" and "evaluate the rules".
+
+prior (tags) -> assemble the volume -> image model -> fusion -> facts for the rules + one audit record.
+A series that cannot become a volume is routed on its attributes: `classifiable` is false and
+`classification.reason` says why. A failure inside the classifier is logged with its traceback and
+treated the same way, so no series is held back by the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from node.analysis import AnalysisResult
+from node.classify.engine import ClassifierEngine, ImagePrediction
+from node.classify.fusion import FusionPolicy, fuse
+from node.classify.labels import TASKS
+from node.classify.prior import read_prior
+from node.volume import NotClassifiable, assemble_series
+
+logger = logging.getLogger(__name__)
+
+
+class ClassifyingAnalyser:
+    def __init__(self, engine: ClassifierEngine, policy: FusionPolicy | None = None) -> None:
+        self.engine = engine
+        self.policy = policy or FusionPolicy()
+        # Read each slice block-averaged down to the network's in-plane grid: memory stays bounded and
+        # nothing finer than the network sees is ever held.
+        self.max_in_plane = max(engine.grid[1:])
+
+    def analyse(self, series_uid: str, header: Dataset, files: Sequence[Path]) -> AnalysisResult:
+        started = time.perf_counter()
+        prior = read_prior(header)
+        priors = {task: getattr(prior, task) for task in TASKS}
+        timings: dict[str, float] = {}
+        image: ImagePrediction | None = None
+        not_classifiable: NotClassifiable | None = None
+        volume_report: dict[str, Any] = {}
+        try:
+            assembled = assemble_series(files, max_in_plane=self.max_in_plane)
+            timings["assemble"] = (time.perf_counter() - started) * 1000.0
+            if isinstance(assembled, NotClassifiable):
+                not_classifiable = assembled
+                volume_report = assembled.report
+            else:
+                volume_report = assembled.report
+                image = self.engine.classify(assembled)
+                timings.update(image.timings_ms)
+        except Exception as exc:  # job boundary for the model: route on attributes, keep the traceback
+            logger.exception("series %s: classification failed", series_uid)
+            not_classifiable = NotClassifiable(
+                "classifier_error", f"classification failed: {type(exc).__name__}: {exc}", {}
+            )
+        timings["total"] = (time.perf_counter() - started) * 1000.0
+
+        fused = fuse(priors, image, self.policy)
+        facts: dict[str, Any] = {"classifiable": image is not None}
+        facts.update(prior.as_facts())
+        facts.update(fused.as_facts())
+        facts["classification.model"] = self.engine.package.model_id
+        if image is not None:
+            facts["classification.device"] = image.device
+            for task in TASKS:
+                facts[f"image.{task}"] = image.labels[task]
+                facts[f"image.{task}_confidence"] = round(image.confidence(task), 4)
+        if not_classifiable is not None:
+            facts["classification.reason"] = not_classifiable.reason
+            facts["classification.code"] = not_classifiable.code
+
+        audit: dict[str, Any] = {
+            "analyser": "classifier",
+            "model": self.engine.package.model_id,
+            "classifiable": image is not None,
+            "final": fused.as_audit(),
+            "prior": prior.as_audit(),
+            "image": image.as_audit() if image is not None else None,
+            "disagreement": {task: r.relation for task, r in fused.tasks.items() if r.disagreement},
+            "timings_ms": {k: round(v, 1) for k, v in timings.items()},
+            "volume": volume_report,
+        }
+        if not_classifiable is not None:
+            audit["not_classifiable"] = {"code": not_classifiable.code, "reason": not_classifiable.reason}
+        return AnalysisResult(facts=facts, audit=audit, summary=_summary(fused, image, not_classifiable))
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _summary(fused: Any, image: ImagePrediction | None, not_classifiable: NotClassifiable | None) -> str:
+    answers = ", ".join(
+        f"{task} {r.label} ({r.source} {r.confidence:.2f})" for task, r in fused.tasks.items()
+    )
+    if not_classifiable is not None:
+        return f"not classifiable: {not_classifiable.reason}; from attributes: {answers}"
+    disagreements = [task for task, r in fused.tasks.items() if r.disagreement]
+    text = answers
+    if disagreements:
+        text += "; prior and image disagree on " + ", ".join(disagreements)
+    return text

@@ -74,7 +74,13 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from node.rules_dryrun import cmd_rules_test as dry_run
 
-    return dry_run(_rules_path(args, _settings(args)), Path(args.path), args.json)
+    settings = _settings(args)
+    analyser = None
+    if settings.classify.enabled and not args.no_classify:
+        from node.classify.factory import build_analyser
+
+        analyser = build_analyser(settings.classify)[0]
+    return dry_run(_rules_path(args, settings), Path(args.path), args.json, analyser)
 
 
 def cmd_rules_reload(args: argparse.Namespace) -> int:
@@ -176,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("path", help="a DICOM file or a folder of them")
     test.add_argument("--rules", type=Path, help="rules YAML (default: rules_path from the config)")
     test.add_argument("--json", action="store_true")
+    test.add_argument(
+        "--no-classify", action="store_true", help="headers only: skip volume assembly and the classifier"
+    )
     test.set_defaults(func=cmd_rules_test)
     reload = rules.add_parser("reload", parents=[common], help="ask the running node to reload its rules")
     reload.set_defaults(func=cmd_rules_reload)

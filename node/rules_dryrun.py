@@ -1,7 +1,9 @@
 """`node rules check` and `node rules test`: validate a rules file; dry-run it on DICOM files.
 
-The dry run reads headers only (no pixel data), groups instances by SeriesInstanceUID, and shows per series
-which rules matched, why each did or did not, and where the series would go. Nothing is sent.
+The dry run reads headers, groups instances by SeriesInstanceUID, and shows per series which rules
+matched, why each did or did not, and where the series would go. Nothing is sent. With an analyser (the
+classifier, as configured for the node) each series is also assembled and classified exactly as the
+running node would, so rules on prediction.*, prior.* and disagreement.* show their real values.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from node.analysis import AnalysisResult, SeriesAnalyser
 from node.errors import InvalidUIDError, RulesError
 from node.facts import SeriesFacts
 from node.rules import RoutingDecision, RuleSet, evaluate, load_rules
@@ -70,6 +73,7 @@ class _Series:
     rep_key: tuple[float, str]
     instances: set[str] = field(default_factory=set)
     files: int = 0
+    paths: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +125,7 @@ def scan(path: Path) -> ScanResult:
             entry.representative, entry.rep_key = ds, key
         entry.instances.add(str(ds.get("SOPInstanceUID", "") or file))
         entry.files += 1
+        entry.paths.append(file)
     return ScanResult(list(series.values()), skipped)
 
 
@@ -134,15 +139,28 @@ def _describe(ds: Dataset) -> dict[str, str]:
     }
 
 
-def _render_text(
-    ruleset: RuleSet, result: ScanResult, decisions: list[tuple[_Series, RoutingDecision]]
-) -> str:
+Decisions = list[tuple[_Series, RoutingDecision, AnalysisResult | None]]
+
+
+def _analysis_lines(analysis: AnalysisResult) -> list[str]:
+    lines = [f"  analysis: {analysis.summary}"]
+    shown = ("classifiable", "classification.", "prediction.", "prior.", "image.", "disagreement.")
+    for name, value in sorted(analysis.facts.items()):
+        if name.startswith(shown):
+            lines.append(f"    {name} = {value!r}")
+    timings = analysis.audit.get("timings_ms")
+    if timings:
+        lines.append("    timings_ms: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    return lines
+
+
+def _render_text(ruleset: RuleSet, result: ScanResult, decisions: Decisions) -> str:
     lines = [f"rules: {ruleset.source} (sha256 {str(ruleset.sha256)[:12]})"]
     for warning in ruleset.warnings:
         lines.append(f"warning: {warning}")
     for path, why in result.skipped:
         lines.append(f"skipped {path}: {why}")
-    for entry, decision in decisions:
+    for entry, decision, analysis in decisions:
         info = _describe(entry.representative)
         lines.append("")
         lines.append(f"series {entry.uid}")
@@ -150,15 +168,15 @@ def _render_text(
             f"  modality {info['modality'] or '-'}, description {info['description']!r}, "
             f"{len(entry.instances)} instances (first file {entry.first_path})"
         )
+        if analysis is not None:
+            lines.extend(_analysis_lines(analysis))
         lines.append(decision.render_text())
     lines.append("")
     lines.append(f"{len(decisions)} series, {len(result.skipped)} files skipped")
     return "\n".join(lines) + "\n"
 
 
-def _render_json(
-    ruleset: RuleSet, result: ScanResult, decisions: list[tuple[_Series, RoutingDecision]]
-) -> str:
+def _render_json(ruleset: RuleSet, result: ScanResult, decisions: Decisions) -> str:
     out = {
         "rules": ruleset.source,
         "rules_sha256": ruleset.sha256,
@@ -170,31 +188,42 @@ def _render_json(
                 **_describe(entry.representative),
                 "instance_count": len(entry.instances),
                 "decision": decision.to_audit(redact=False),
+                "analysis": None
+                if analysis is None
+                else {"summary": analysis.summary, "facts": analysis.facts, "details": analysis.audit},
             }
-            for entry, decision in decisions
+            for entry, decision, analysis in decisions
         ],
     }
     return jsonlib.dumps(out, indent=2) + "\n"
 
 
-def dry_run(rules_path: Path, dicom_path: Path, json: bool = False) -> str:
+def dry_run(
+    rules_path: Path, dicom_path: Path, json: bool = False, analyser: SeriesAnalyser | None = None
+) -> str:
     """Evaluate the rules on every series found under dicom_path; the report as text or JSON.
 
     Raises RulesError for an invalid rules file and FileNotFoundError for a missing dicom_path.
     """
-    return _dry_run(rules_path, dicom_path, json)[0]
+    return _dry_run(rules_path, dicom_path, json, analyser)[0]
 
 
-def _dry_run(rules_path: Path, dicom_path: Path, json: bool) -> tuple[str, int]:
+def _dry_run(
+    rules_path: Path, dicom_path: Path, json: bool, analyser: SeriesAnalyser | None = None
+) -> tuple[str, int]:
     ruleset = load_rules(Path(rules_path))
     dicom_path = Path(dicom_path)
     if not dicom_path.exists():
         raise FileNotFoundError(f"{dicom_path}: no such file or folder")
     result = scan(dicom_path)
-    decisions = []
+    decisions: Decisions = []
     for entry in result.series:
-        facts = facts_from_dataset(entry.representative, len(entry.instances))
-        decisions.append((entry, evaluate(ruleset, facts)))
+        analysis = None
+        if analyser is not None:
+            analysis = analyser.analyse(entry.uid, entry.representative, entry.paths)
+        extra = analysis.facts if analysis is not None else None
+        facts = facts_from_dataset(entry.representative, len(entry.instances), extra=extra)
+        decisions.append((entry, evaluate(ruleset, facts), analysis))
     render = _render_json if json else _render_text
     return render(ruleset, result, decisions), len(decisions)
 
@@ -232,10 +261,10 @@ def cmd_rules_check(path: Path) -> int:
     return 0 if ok else 1
 
 
-def cmd_rules_test(rules: Path, data: Path, as_json: bool) -> int:
+def cmd_rules_test(rules: Path, data: Path, as_json: bool, analyser: SeriesAnalyser | None = None) -> int:
     """`node rules test PATH`: 0 with a report on stdout; 1 for invalid rules, 2 for unusable data."""
     try:
-        report, count = _dry_run(rules, data, as_json)
+        report, count = _dry_run(rules, data, as_json, analyser)
     except RulesError as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -21,12 +21,13 @@ import torch
 
 from node.classify.package import ModelPackage
 from node.classify.preprocess import to_network_input
+from node.errors import NodeError
 from node.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 
-class EngineError(Exception):
+class EngineError(NodeError):
     """The engine cannot run as configured (e.g. CUDA asked for and not available)."""
 
 

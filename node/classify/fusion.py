@@ -20,7 +20,9 @@ from node.classify.engine import ImagePrediction
 from node.classify.labels import TASKS
 
 UNKNOWN = "unknown"
-GEOMETRY_SOURCE = "ImageOrientationPatient"
+# The prior's axis comes from geometry when its source is Image Orientation (Patient), at the top level
+# or in the enhanced multi-frame PlaneOrientationSequence.
+GEOMETRY_SOURCES = ("ImageOrientationPatient", "PlaneOrientationSequence")
 
 # Coarse regions each body-part class covers, to tell a conflict from an overlap.
 BODY_PART_REGIONS: dict[str, frozenset[str]] = {
@@ -135,7 +137,9 @@ def fuse_task(
         and image_conf >= policy.min_confidence
     )
 
-    geometry = prior is not None and prior.source == GEOMETRY_SOURCE and prior_label is not None
+    geometry = (
+        prior is not None and prior_label is not None and any(s in prior.source for s in GEOMETRY_SOURCES)
+    )
     if task == "axis" and geometry:
         assert prior_label is not None
         label, confidence, source = prior_label, prior_conf, "geometry"

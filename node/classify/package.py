@@ -27,6 +27,7 @@ import torch
 from node.classify.labels import TASKS
 from node.classify.model import MultiTaskResNet, NetworkSpec, build_network
 from node.classify.preprocess import WINDOW_HU
+from node.errors import NodeError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ WEIGHTS = Path("models") / "model.pt"
 STARTER_PACKAGE = Path(__file__).resolve().parent / "models" / "ct-starter"
 
 
-class ModelPackageError(Exception):
+class ModelPackageError(NodeError):
     """A model package that is missing, unreadable or inconsistent."""
 
 

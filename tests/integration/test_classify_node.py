@@ -1,0 +1,108 @@
+"""The classify step inside a running node (tiny random-weight package, pynetdicom on loopback).
+
+What is checked here is the plumbing: every completed series gets prior, image answer, timings and
+model id in the audit, rules see prediction.* / classifiable, and a series that cannot become a volume
+is routed on its attributes with the reason. The shipped starter model is exercised end to end with
+dcmtk in tests/interop/test_classify_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests.classifyutil import tiny_package
+from tests.interop.e2e import events
+from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
+from tests.peers import in_process_scp
+
+
+def ct_with_geometry(series_uid: str, study_uid: str, n: int, rows: int = 32) -> Dataset:
+    ds = synthetic_ct(series_uid, study_uid, number=n, rows=rows)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0, 0, 2.5 * n]
+    ds.PixelSpacing = [0.8, 0.8]
+    ds.SliceThickness = 2.5
+    ds.BodyPartExamined = "CHEST"
+    return ds
+
+
+def rules_file(path: Path, port: int) -> Path:
+    rules = {
+        "version": 1,
+        "destinations": {
+            "archive": {"kind": "dimse", "ae_title": "TESTSCP", "host": "127.0.0.1", "port": port}
+        },
+        "rules": [
+            {
+                "name": "classified-axial",
+                "when": {
+                    "all": [
+                        {"attribute": "classifiable", "equals": True},
+                        {"attribute": "prediction.axis", "equals": "axial"},
+                    ]
+                },
+                "send_to": ["archive"],
+            },
+            {
+                "name": "not-classifiable",
+                "when": {"attribute": "classifiable", "equals": False},
+                "send_to": ["archive"],
+            },
+        ],
+        "fallback": {"discard": True},
+    }
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_package(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def test_classified_and_unclassifiable_series_are_audited_and_routed(tmp_path: Path, package: Path) -> None:
+    study = generate_uid()
+    volume_uid, flat_uid = generate_uid(), generate_uid()
+    volume_series = [ct_with_geometry(volume_uid, study, n) for n in range(1, 13)]
+    single_slice = [synthetic_ct(flat_uid, study, number=1)]  # no geometry, one slice
+    with in_process_scp() as scp:
+        settings = make_settings(
+            tmp_path,
+            rules_path=str(rules_file(tmp_path / "rules.yaml", scp.port)),
+            classify={"enabled": True, "model_dir": str(package), "device": "cpu"},
+        )
+        with running_node(settings) as node:
+            assert store(node.port, volume_series + single_slice) == [0] * 13
+            wait_for(lambda: len(events(node, "route.decision")) == 2, timeout=60, what="two routings")
+            wait_for(lambda: len(scp.uids()) == 13, timeout=60, what="13 instances delivered")
+            analysed = {e.series_uid: e for e in events(node, "series.analysed")}
+            decisions = {e.series_uid: e for e in events(node, "route.decision")}
+
+    classified = analysed[volume_uid].details
+    assert classified is not None
+    assert classified["classifiable"] is True
+    assert classified["model"] == "tiny-test@0.0.1"
+    assert set(classified["image"]["probabilities"]) == {"body_part", "axis", "contrast"}
+    assert len(classified["image"]["probabilities"]["body_part"]) == 16
+    assert classified["prior"]["body_part"]["label"] == "Chest"
+    assert classified["final"]["axis"] == {
+        "label": "axial",
+        "confidence": classified["final"]["axis"]["confidence"],
+        "source": "geometry",
+        "low_confidence": False,
+        "prior_vs_image": classified["final"]["axis"]["prior_vs_image"],
+    }
+    assert {"assemble", "preprocess", "infer", "total"} <= set(classified["timings_ms"])
+    assert classified["volume"]["slices"] == 12
+    assert decisions[volume_uid].details["matched_rules"] == ["classified-axial"]
+
+    flat = analysed[flat_uid].details
+    assert flat["classifiable"] is False and flat["image"] is None
+    assert flat["not_classifiable"]["code"] in {"single_slice", "no_geometry"}
+    assert analysed[flat_uid].message.startswith("not classifiable: ")
+    assert decisions[flat_uid].details["matched_rules"] == ["not-classifiable"]

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -503,20 +502,32 @@ def _frames(source: _PixelSource, wanted: list[int | None]) -> Iterable[np.ndarr
         del ds
 
 
+FRAMES_PER_TASK = 32  # a multi-frame object is decoded in chunks, so one task's result stays small
+
+
 @dataclass
 class _FileTask:
+    """Some slices of one file (all of a single-frame file; a chunk of frames of a multi-frame one)."""
+
     source: _PixelSource
     slots: list[tuple[int, _Slice]]  # (destination index, slice), in frame order
 
 
-def _run_file_task(task: _FileTask, voxels: np.ndarray, fr: int, fc: int) -> list[int]:
-    """Decode, pad-correct, downsample and rescale the slices of one file; returns the slots that failed."""
+@dataclass
+class _TaskResult:
+    done: list[tuple[int, np.ndarray]]  # (destination index, downsampled HU slice)
+    failed: list[int]
+    error: str | None = None
+
+
+def _run_file_task(task: _FileTask, fr: int, fc: int, out_shape: tuple[int, int]) -> _TaskResult:
+    """Decode, pad-correct, downsample and rescale the slices of one task. Module level so that a
+    process pool can run it; holds one full-resolution frame at a time."""
     source = task.source
-    done = 0
+    result = _TaskResult(done=[], failed=[])
     try:
-        for (dest, s), raw in zip(
-            task.slots, _frames(source, [s.frame for _, s in task.slots]), strict=False
-        ):
+        frames = _frames(source, [s.frame for _, s in task.slots])
+        for (dest, s), raw in zip(task.slots, frames, strict=False):
             if raw.shape != (source.rows, source.cols):
                 raise ValueError(f"frame shape {raw.shape} != ({source.rows}, {source.cols})")
             if source.padding is not None:
@@ -525,35 +536,60 @@ def _run_file_task(task: _FileTask, voxels: np.ndarray, fr: int, fc: int) -> lis
                 if mask.any():
                     raw = raw.astype(np.float32)
                     raw[mask] = (AIR_HU - s.intercept) / s.slope
-            out = voxels[dest]
+            out = np.empty(out_shape, dtype=np.float32)
             _block_mean(raw, fr, fc, out)
             if s.slope != 1.0:
                 out *= np.float32(s.slope)
             if s.intercept != 0.0:
                 out += np.float32(s.intercept)
-            done += 1
+            result.done.append((dest, out))
     except _INPUT_ERRORS as exc:
-        logger.warning("could not decode pixels of %s: %s", source.path.name, exc)
-    return [dest for dest, _ in task.slots[done:]]
+        result.error = f"{source.path.name}: {exc}"
+    result.failed = [dest for dest, _ in task.slots[len(result.done) :]]
+    return result
 
 
-def _pixel_pass(tasks: list[_FileTask], voxels: np.ndarray, fr: int, fc: int, workers: int) -> list[int]:
-    """Run the file tasks, at most 2 x workers in flight (each holds one full-resolution frame)."""
+def _pixel_tasks(slices: list[_Slice]) -> list[_FileTask]:
+    by_file: dict[Path, list[tuple[int, _Slice]]] = {}
+    for dest, s in enumerate(slices):
+        by_file.setdefault(s.source.path, []).append((dest, s))
+    tasks = []
+    for slots in by_file.values():
+        slots.sort(key=lambda slot: slot[1].frame or 0)  # frames in file order
+        for i in range(0, len(slots), FRAMES_PER_TASK):
+            tasks.append(_FileTask(slots[0][1].source, slots[i : i + FRAMES_PER_TASK]))
+    tasks.sort(key=lambda t: t.slots[0][0])  # in slice order
+    return tasks
+
+
+def _pixel_pass(
+    tasks: list[_FileTask], voxels: np.ndarray, fr: int, fc: int, executor: Executor | None, in_flight: int
+) -> list[int]:
+    """Run the tasks and copy each downsampled slice into `voxels`; returns the slots that failed. Tasks that
+    need a decoder go to `executor` when there is one, at most `in_flight` at a time (bounded memory)."""
     failed: list[int] = []
-    if workers <= 1:
-        for task in tasks:
-            failed.extend(_run_file_task(task, voxels, fr, fc))
-        return failed
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volume-decode") as pool:
-        pending: set[Future[list[int]]] = set()
-        for task in tasks:
-            if len(pending) >= 2 * workers:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    failed.extend(fut.result())
-            pending.add(pool.submit(_run_file_task, task, voxels, fr, fc))
-        for fut in pending:
-            failed.extend(fut.result())
+    out_shape = (int(voxels.shape[1]), int(voxels.shape[2]))
+
+    def collect(result: _TaskResult) -> None:
+        for dest, arr in result.done:
+            voxels[dest] = arr
+        if result.error is not None:
+            logger.warning("could not decode pixels of %s", result.error)
+        failed.extend(result.failed)
+
+    pending: set[Future[_TaskResult]] = set()
+    for task in tasks:
+        if executor is None or task.source.raw_dtype is not None:
+            # native pixels are a file read and a few numpy adds: shipping them to a worker costs more
+            collect(_run_file_task(task, fr, fc, out_shape))
+            continue
+        if len(pending) >= in_flight:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                collect(fut.result())
+        pending.add(executor.submit(_run_file_task, task, fr, fc, out_shape))
+    for fut in pending:
+        collect(fut.result())
     return failed
 
 
@@ -573,13 +609,6 @@ def _plane_factors(rows: int, cols: int, max_in_plane: int) -> tuple[int, int, i
     return f, fr, fc, rows // fr, cols // fc
 
 
-def _default_workers(tasks: list[_FileTask]) -> int:
-    # Only compressed data gains from threads (the native path is a file read and a few numpy adds).
-    if any(t.source.raw_dtype is None for t in tasks):
-        return max(1, min(4, os.cpu_count() or 1))
-    return 1
-
-
 def _not_classifiable(code: str, reason: str, report: dict[str, Any]) -> NotClassifiable:
     report = {**report, "classifiable": False, "code": code, "reason": reason}
     logger.info("series not classifiable (%s): %s", code, reason)
@@ -593,11 +622,18 @@ def _too_few(n: int, min_slices: int, report: dict[str, Any]) -> NotClassifiable
 
 
 def assemble_series(
-    files: Sequence[Path], *, max_in_plane: int = 256, min_slices: int = 3, workers: int | None = None
+    files: Sequence[Path],
+    *,
+    max_in_plane: int = 256,
+    min_slices: int = 3,
+    executor: Executor | None = None,
+    in_flight: int = 8,
 ) -> Volume | NotClassifiable:
     """The volume of one series from its instance files, or why there is none. Never raises for bad input.
 
-    `workers`: decoding threads for the pixel pass (default: up to 4 when the data is compressed, else 1)."""
+    `executor`: where the pixel pass decodes (default: this thread). The decoders hold the GIL, so only a
+    process pool gains (compressed data on a multi-core machine); `in_flight` bounds the tasks submitted
+    to it at once, and so the memory (each holds at most FRAMES_PER_TASK downsampled slices)."""
     if max_in_plane < 1:
         raise ValueError(f"max_in_plane must be >= 1, got {max_in_plane}")
     started = time.perf_counter()
@@ -647,14 +683,7 @@ def assemble_series(
     rows, cols = slices[0].source.rows, slices[0].source.cols
     f, fr, fc, out_rows, out_cols = _plane_factors(rows, cols, max_in_plane)
     voxels = np.empty((len(slices), out_rows, out_cols), dtype=np.float32)
-    tasks: dict[Path, _FileTask] = {}
-    for dest, s in enumerate(slices):
-        tasks.setdefault(s.source.path, _FileTask(s.source, [])).slots.append((dest, s))
-    for task in tasks.values():
-        task.slots.sort(key=lambda slot: slot[1].frame or 0)  # frames in file order
-    task_list = sorted(tasks.values(), key=lambda t: t.slots[0][0])
-    failed = _pixel_pass(task_list, voxels, fr, fc, workers or _default_workers(task_list))
-    del tasks, task_list
+    failed = _pixel_pass(_pixel_tasks(slices), voxels, fr, fc, executor, max(1, in_flight))
 
     if failed:
         bad = set(failed)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import random
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from node.volume import NotClassifiable, Volume, assemble_series, volume_from_array
+from node.volume import FRAMES_PER_TASK, NotClassifiable, Volume, assemble_series, volume_from_array
 from tests.conftest import require_peer
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -445,7 +447,8 @@ def test_compressed_and_implicit_match_explicit(tmp_path: Path, transfer_syntax:
     reference = as_volume(assemble_series(write_series(tmp_path / "ref", zs, size=32), max_in_plane=16))
     paths = write_series(tmp_path / "enc", zs, size=32, transfer_syntax=transfer_syntax)
     assert str(dcmread(paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID) == transfer_syntax
-    vol = as_volume(assemble_series(paths, max_in_plane=16, workers=2))
+    with ThreadPoolExecutor(2) as pool:
+        vol = as_volume(assemble_series(paths, max_in_plane=16, executor=pool))
     np.testing.assert_array_equal(vol.voxels, reference.voxels)
     assert vol.report["transfer_syntaxes"] == [transfer_syntax]
 
@@ -578,11 +581,17 @@ def test_single_frame_report_fields(tmp_path: Path) -> None:
     assert vol.report["spacing_mm"] == [1.0, 0.5, 0.5]
 
 
-def test_threaded_pixel_pass_matches_sequential(tmp_path: Path) -> None:
-    paths = write_series(tmp_path / "s", [float(i) for i in range(12)], size=32, transfer_syntax=RLELossless)
-    one = as_volume(assemble_series(paths, max_in_plane=16, workers=1))
-    many = as_volume(assemble_series(paths, max_in_plane=16, workers=3))
-    np.testing.assert_array_equal(one.voxels, many.voxels)
+def test_process_pool_matches_sequential_and_chunks_multiframe(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "s", [float(i) for i in range(6)], size=32, transfer_syntax=RLELossless)
+    zs = [float(z) for z in range(FRAMES_PER_TASK + 8)]  # more frames than one task takes
+    enhanced, _ = enhanced_ct(zs)
+    multi = save(enhanced, tmp_path / "enh.dcm", RLELossless)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for files in (paths, [multi]):
+            one = as_volume(assemble_series(files, max_in_plane=16))
+            many = as_volume(assemble_series(files, max_in_plane=16, executor=pool, in_flight=2))
+            np.testing.assert_array_equal(one.voxels, many.voxels)
+            assert many.report["slices"] == (len(zs) if files == [multi] else len(paths))
 
 
 # ---- volume_from_array ----

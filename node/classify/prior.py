@@ -721,8 +721,33 @@ def _quote(words: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------- body part
 
 
-def _overlapping_parts(a: str, b: str) -> bool:
-    return bool(CLASS_ATOMS[a] & CLASS_ATOMS[b])
+# Coarse regions of the body each class lies in: a spine class lies in its part of the trunk, the temporal
+# bone in the head. Two sources naming classes that share one (C-spine and Neck, Abdomen and Abdomen-
+# pelvis) overlap rather than conflict.
+COARSE_REGIONS: dict[str, frozenset[str]] = {
+    "Head": frozenset({"head"}),
+    "Head and face": frozenset({"head", "face"}),
+    "Face/Orbits/Sinus": frozenset({"face"}),
+    "Temporal bone": frozenset({"head"}),
+    "Head and neck": frozenset({"head", "face", "neck"}),
+    "Neck": frozenset({"neck"}),
+    "C-spine": frozenset({"neck"}),
+    "C and T spine": frozenset({"neck", "chest"}),
+    "T-spine": frozenset({"chest"}),
+    "T and L spine": frozenset({"chest", "abdomen"}),
+    "L-spine": frozenset({"abdomen"}),
+    "Chest": frozenset({"chest"}),
+    "Chest-abdomen-pelvis": frozenset({"chest", "abdomen", "pelvis"}),
+    "Abdomen": frozenset({"abdomen"}),
+    "Abdomen-pelvis": frozenset({"abdomen", "pelvis"}),
+    "Pelvis": frozenset({"pelvis"}),
+}
+assert tuple(COARSE_REGIONS) == BODY_PARTS
+
+
+def body_parts_overlap(a: str, b: str) -> bool:
+    """Whether two body-part classes share anatomy (so that two sources naming them do not conflict)."""
+    return bool(CLASS_ATOMS[a] & CLASS_ATOMS[b]) or bool(COARSE_REGIONS[a] & COARSE_REGIONS[b])
 
 
 def _body_part(header: Dataset) -> PriorAnswer:
@@ -744,7 +769,7 @@ def _body_part(header: Dataset) -> PriorAnswer:
         if match.words:
             votes.append(_match_vote(match, keyword, base - match.penalty))
     return _combine(
-        votes, _overlapping_parts, nothing="no body part words in BodyPartExamined or descriptions"
+        votes, body_parts_overlap, nothing="no body part words in BodyPartExamined or descriptions"
     )
 
 

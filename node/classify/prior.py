@@ -68,6 +68,8 @@ DEFAULT_OBLIQUE_TOLERANCE_DEGREES = 10.0
 # up to about 30 degrees. Such a series is axial to a radiologist, only flagged oblique.
 DEFAULT_GANTRY_TILT_LIMIT_DEGREES = 30.0
 AXIS_GANTRY_TILT_CONFIDENCE = 0.9
+# Other obliques: (obliquity up to, confidence); 54.7 degrees is the most a nearest axis can be away.
+AXIS_OBLIQUE_CONFIDENCE: tuple[tuple[float, float], ...] = ((30.0, 0.6), (45.0, 0.5), (55.0, 0.4))
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -292,7 +294,7 @@ _add("BREAST,BREASTS,MAMMA", ("CHEST",), "near")
 _add("ABDOMEN,ABD,ABDO,ABDOM,ABDOMINAL,BAUCH,BRZUCHA,BRZUCH,BRZUSZNEJ,ABDOMINALE", ("ABDOMEN",))
 _add("LIVER,HEPATIC,PANCREAS,PANCREATIC,KIDNEY,KIDNEYS,RENAL,ADRENAL,ADRENALS,SPLEEN", ("ABDOMEN",), "within")
 _add("STOMACH,GASTRIC,BILIARY,GALLBLADDER,ABDOMINAL AORTA,LEBER,NIERE,NIEREN", ("ABDOMEN",), "within")
-_add("PELVIS,PELVIC,PEL,PELV,BECKEN,MIEDNICA,MIEDNICY,BASSIN,PELVIS ONLY", ("PELVIS",))
+_add("PELVIS,PELVIC,PEL,PELV,BECKEN,MIEDNICA,MIEDNICY,BASSIN", ("PELVIS",))
 _add(
     "HIP,HIPS,SACRUM,COCCYX,BLADDER,PROSTATE,UTERUS,OVARY,OVARIES,RECTUM,ACETABULUM,SI JOINTS,SIJ",
     ("PELVIS",),
@@ -538,31 +540,12 @@ def _said(phrases: Iterable[tuple[str, ...]], says: ContrastSays, explicit: bool
         _CONTRAST_TABLE[phrase] = (says, explicit)
 
 
-_AGENT_WORDS = ("CONTRAST", "CON", "CONT", "CONTR", "ENHANCED", "ENHANCEMENT", "KM", "KONTRASTU", "CONTRASTE")
-_NEGATORS = ("WITHOUT", "WO", "<WO>", "NO", "NON", "OHNE", "BEZ", "SANS", "SIN")
-_WITH = ("W", "WITH", "<WITH>", "MIT", "Z", "AVEC", "CON")
+_AGENT_WORDS = tuple("CONTRAST CON CONT CONTR ENHANCED ENHANCEMENT KM KONTRASTU CONTRASTE".split())
+_NEGATORS = tuple("WITHOUT WO <WO> NO NON OHNE BEZ SANS SIN".split())
+_WITH = tuple("W WITH <WITH> MIT Z AVEC CON".split())
 _said(
-    [
-        (w,)
-        for w in (
-            "WITHOUT",
-            "WO",
-            "<WO>",
-            "NONCON",
-            "NONCONTRAST",
-            "NONCONT",
-            "NC",
-            "NCCT",
-            "UNENHANCED",
-            "NONENHANCED",
-            "PRECONTRAST",
-            "PLAIN",
-            "NATIVE",
-            "NATIV",
-            "NATYWNE",
-            "NATYWNA",
-        )
-    ]
+    [(w,) for w in "WITHOUT WO <WO> NONCON NONCONTRAST NONCONT NC NCCT UNENHANCED NONENHANCED".split()]
+    + [(w,) for w in "PRECONTRAST PLAIN NATIVE NATIV NATYWNE NATYWNA".split()]
     + [(n, a) for n in _NEGATORS for a in _AGENT_WORDS]
     + [(n, "IV", a) for n in _NEGATORS for a in _AGENT_WORDS]
     + [(n, "IV") for n in _NEGATORS]
@@ -570,48 +553,20 @@ _said(
     "no",
 )
 _said(
-    [(w,) for w in ("W", "WITH", "<WITH>", "CE", "CECT", "CONTRAST", "ENHANCED", "POSTCONTRAST", "KONTRAST")]
-    + [(w, a) for w in _WITH + ("POST", "IV") for a in _AGENT_WORDS if (w, a) != ("CON", "CON")]
-    + [(w, "IV") for w in _WITH]
-    + [("Z", "KONTRASTEM"), ("KONTRASTEM",)],
+    [(w,) for w in "W WITH <WITH> CE CECT CONTRAST ENHANCED POSTCONTRAST KONTRAST KONTRASTEM".split()]
+    + [(w, a) for w in _WITH + ("POST", "IV") for a in _AGENT_WORDS]
+    + [(w, "IV") for w in _WITH],
     "yes",
 )
+# A contrast phase, an angiography or a perfusion study implies IV contrast.
 _said(
-    [
-        (w,)
-        for w in (
-            "ARTERIAL",
-            "PORTAL",
-            "VENOUS",
-            "PV",
-            "PVP",
-            "DELAYED",
-            "NEPHROGRAPHIC",
-            "EXCRETORY",
-            "CTA",
-            "CTPA",
-            "CTV",
-            "ANGIO",
-            "ANGIOGRAPHY",
-            "ANGIOGRAM",
-            "PE",
-            "PERFUSION",
-            "UROGRAM",
-            "UROGRAPHY",
-            "ENTEROGRAPHY",
-            "ARTERIELL",
-            "VENOES",
-            "TETNICZA",
-            "ZYLNA",
-        )
-    ],
+    [(w,) for w in "ARTERIAL PORTAL VENOUS PV PVP DELAYED NEPHROGRAPHIC EXCRETORY ARTERIELL TETNICZA".split()]
+    + [(w,) for w in "CTA CTPA CTV ANGIO ANGIOGRAPHY ANGIOGRAM PE PERFUSION UROGRAM UROGRAPHY".split()]
+    + [("ENTEROGRAPHY",)],
     "yes",
     explicit=False,
 )
-_said(
-    [("WWO",), ("WWWO",), ("PRE", "POST"), ("PRE", "AND", "POST"), ("PRE", "POST", "CONTRAST")],
-    "both",
-)
+_said([("WWO",), ("WWWO",), ("PRE", "POST"), ("PRE", "AND", "POST"), ("PRE", "POST", "CONTRAST")], "both")
 # Oral (or rectal) contrast says nothing about IV contrast.
 _ROUTES = ("ORAL", "RECTAL")
 _said(
@@ -988,15 +943,13 @@ def _axis(
         if tilt is not None and tilt != 0.0:
             evidence += f" (GantryDetectorTilt {tilt:g})"
     else:
-        confidence = (
-            0.6
-            if orientation.obliquity_degrees <= 30
-            else 0.5
-            if orientation.obliquity_degrees <= 45
-            else 0.4
-        )
+        confidence = _oblique_confidence(orientation.obliquity_degrees)
         evidence += f"; oblique (beyond the {tolerance:g}° tolerance): nearest plane"
 
+    image_type = [str(v).strip().upper() for v in (header.get("ImageType") or ())]
+    if "LOCALIZER" in image_type:
+        confidence = min(confidence, 0.5)
+        evidence += "; ImageType LOCALIZER: a projection image, its plane is the projection's"
     # Several orientations in one series (a stack of reformats, a localizer mixed in) weaken the answer.
     seen = [orientation_of(v) for v in (list(iops) if iops is not None else _per_frame_iops(header))]
     labels = sorted({o.label for o in seen if o is not None})
@@ -1008,6 +961,15 @@ def _axis(
         orientation.obliquity_degrees,
         oblique,
     )
+
+
+def _oblique_confidence(obliquity_degrees: float) -> float:
+    """Beyond the tolerance and not a gantry tilt: the nearer the plane is to halfway between two axes
+    (at most 54.7 degrees from the nearest), the less its nearest axis means."""
+    for limit, confidence in AXIS_OBLIQUE_CONFIDENCE:
+        if obliquity_degrees <= limit:
+            return confidence
+    return AXIS_OBLIQUE_CONFIDENCE[-1][1]
 
 
 _AXIS_WORDS: dict[tuple[str, ...], str] = {}

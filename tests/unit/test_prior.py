@@ -17,6 +17,7 @@ from node.classify.prior import (
     PriorAnswer,
     body_part_from_examined,
     body_part_from_text,
+    body_parts_overlap,
     class_for_atoms,
     contrast_from_text,
     orientation_of,
@@ -680,3 +681,23 @@ def test_answer_rejects_unknown_task() -> None:
     assert isinstance(prior, Prior)
     with pytest.raises(KeyError):
         prior.answer("modality")
+
+
+def test_axis_of_a_localizer_is_weak() -> None:
+    prior = read_prior(
+        header(ImageOrientationPatient=CORONAL, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    )
+    assert prior.axis.label == "coronal"
+    assert prior.axis.confidence == 0.5
+    assert "LOCALIZER" in prior.axis.evidence
+
+
+def test_spine_and_its_trunk_region_overlap_rather_than_conflict() -> None:
+    assert body_parts_overlap("C-spine", "Neck")
+    assert body_parts_overlap("Abdomen", "Abdomen-pelvis")
+    assert body_parts_overlap("Temporal bone", "Head")
+    assert not body_parts_overlap("Head", "Chest")
+    assert not body_parts_overlap("Head and neck", "Chest")
+    prior = read_prior(header(BodyPartExamined="CSPINE", StudyDescription="CT NECK"))
+    assert prior.body_part.label == "C-spine"
+    assert "conflicts" not in prior.body_part.evidence

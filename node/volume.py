@@ -450,7 +450,8 @@ def _largest_group(slices: list[_Slice], exclusions: _Exclusions) -> list[_Slice
                 break
         else:
             groups.append((key, s.orientation, [s]))
-    best_key, _, best = max(groups, key=lambda g: len(g[2]))  # first of equals: input order
+    # equal sizes: the group holding the lowest InstanceNumber, so that the spool's file order does not matter
+    best_key, _, best = max(groups, key=lambda g: (len(g[2]), -min(s.instance_number for s in g[2])))
     for key, _, members in groups:
         if members is best:
             continue

@@ -328,6 +328,15 @@ def test_mixed_orientation_keeps_largest_group(tmp_path: Path) -> None:
     assert vol.report["orientation"] == list(AXIAL)
 
 
+def test_equal_groups_choose_lowest_instance_number_whatever_the_file_order(tmp_path: Path) -> None:
+    axial = write_series(tmp_path / "ax", [0, 1, 2], numbers=[10, 11, 12])
+    coronal = write_series(tmp_path / "cor", [0, 1, 2], orientation=CORONAL, numbers=[1, 2, 3])
+    for files in (axial + coronal, coronal + axial):
+        vol = as_volume(assemble_series(files))
+        assert vol.column_cosine == (0.0, 0.0, -1.0)
+        assert vol.report["excluded"] == {"orientation_mismatch": 3}
+
+
 def test_duplicate_positions_keep_one(tmp_path: Path) -> None:
     paths = write_series(tmp_path / "s", [0, 2, 4, 6])
     dup = image_dataset(slice_pixels(5000), position=(0, 0, 4), number=99)

@@ -330,7 +330,10 @@ def test_mixed_orientation_keeps_largest_group(tmp_path: Path) -> None:
 
 def test_equal_groups_choose_lowest_instance_number_whatever_the_file_order(tmp_path: Path) -> None:
     axial = write_series(tmp_path / "ax", [0, 1, 2], numbers=[10, 11, 12])
-    coronal = write_series(tmp_path / "cor", [0, 1, 2], orientation=CORONAL, numbers=[1, 2, 3])
+    # coronal slices step along y, their normal
+    coronal = write_series(
+        tmp_path / "cor", [0, 1, 2], orientation=CORONAL, numbers=[1, 2, 3], shift_per_mm=(0, 1, -1)
+    )
     for files in (axial + coronal, coronal + axial):
         vol = as_volume(assemble_series(files))
         assert vol.column_cosine == (0.0, 0.0, -1.0)

@@ -163,16 +163,18 @@ _MARKERS: tuple[tuple[re.Pattern[str], str], ...] = (
     # W/O, W\O, W.O., W/0: without (but not W/ORAL)
     (re.compile(_NOT_ALNUM_BEFORE + r"W\s?[/\\.]\s?[O0]\.?" + _NOT_ALNUM_AFTER), " <WO> "),
     # C+ and +C: with contrast
-    (re.compile(_NOT_ALNUM_BEFORE + r"C\s?\+"), " <WITH> "),
-    (re.compile(r"\+\s?C" + _NOT_ALNUM_AFTER), " <WITH> "),
+    (re.compile(_NOT_ALNUM_BEFORE + r"C\s?\+"), " <CPLUS> "),
+    (re.compile(r"\+\s?C" + _NOT_ALNUM_AFTER), " <CPLUS> "),
     # C- means without contrast in head CT; C-SPINE, C-T SPINE and "C- SPINE" are not that.
     (
         re.compile(
             _NOT_ALNUM_BEFORE + r"C\s?-(?![A-Z0-9])(?!\s*(?:SPINE|SPINAL|SP|T|L|TL)" + _NOT_ALNUM_AFTER + ")"
         ),
-        " <WO> ",
+        " <CMINUS> ",
     ),
 )
+# How the markers are shown in evidence.
+_MARKER_TEXT = {"<WO>": "W/O", "<CPLUS>": "C+", "<CMINUS>": "C-"}
 _WORD_RE = re.compile(r"<[A-Z]+>|[A-Z0-9]+")
 V = TypeVar("V")
 _LONGEST: dict[int, int] = {}  # id(phrase table) -> its longest phrase; the tables are module constants
@@ -180,11 +182,16 @@ _LONGEST: dict[int, int] = {}  # id(phrase table) -> its longest phrase; the tab
 
 def words_of(text: str) -> list[str]:
     """Upper-case words of a free-text value, split on anything not a letter or digit, with W/O, C+
-    and C- rewritten to the markers <WO> and <WITH> first."""
+    and C- rewritten to the markers <WO>, <CPLUS> and <CMINUS> first."""
     upper = text.upper()
     for pattern, marker in _MARKERS:
         upper = pattern.sub(marker, upper)
     return _WORD_RE.findall(upper)
+
+
+def _shown(phrase: Sequence[str]) -> str:
+    """A matched phrase as the evidence quotes it."""
+    return " ".join(_MARKER_TEXT.get(word, word) for word in phrase)
 
 
 def _match_at(
@@ -393,7 +400,7 @@ def body_part_from_text(text: str) -> TextMatch:
         i += len(key)
     if not matched:
         return TextMatch(None, ())
-    shown = tuple(" ".join(key) for key, _, _ in matched)
+    shown = tuple(_shown(key) for key, _, _ in matched)
     atoms = frozenset().union(*(a for _, a, _ in matched))
     # An organ word adds nothing indirect when a region word already covers it ("ABDOMEN PELVIS
     # ENTEROGRAPHY" is a region match).
@@ -541,10 +548,13 @@ def _said(phrases: Iterable[tuple[str, ...]], says: ContrastSays, explicit: bool
 
 
 _AGENT_WORDS = tuple("CONTRAST CON CONT CONTR ENHANCED ENHANCEMENT KM KONTRASTU CONTRASTE".split())
-_NEGATORS = tuple("WITHOUT WO <WO> NO NON OHNE BEZ SANS SIN".split())
-_WITH = tuple("W WITH <WITH> MIT Z AVEC CON".split())
+_NEGATORS = tuple("WITHOUT WO <WO> <CMINUS> NO NON OHNE BEZ SANS SIN".split())
+_WITH = tuple("W WITH <CPLUS> MIT Z AVEC CON".split())
 _said(
-    [(w,) for w in "WITHOUT WO <WO> NONCON NONCONTRAST NONCONT NC NCCT UNENHANCED NONENHANCED".split()]
+    [
+        (w,)
+        for w in "WITHOUT WO <WO> <CMINUS> NONCON NONCONTRAST NONCONT NC NCCT UNENHANCED NONENHANCED".split()
+    ]
     + [(w,) for w in "PRECONTRAST PLAIN NATIVE NATIV NATYWNE NATYWNA".split()]
     + [(n, a) for n in _NEGATORS for a in _AGENT_WORDS]
     + [(n, "IV", a) for n in _NEGATORS for a in _AGENT_WORDS]
@@ -553,7 +563,7 @@ _said(
     "no",
 )
 _said(
-    [(w,) for w in "W WITH <WITH> CE CECT CONTRAST ENHANCED POSTCONTRAST KONTRAST KONTRASTEM".split()]
+    [(w,) for w in "W WITH <CPLUS> CE CECT CONTRAST ENHANCED POSTCONTRAST KONTRAST KONTRASTEM".split()]
     + [(w, a) for w in _WITH + ("POST", "IV") for a in _AGENT_WORDS]
     + [(w, "IV") for w in _WITH],
     "yes",
@@ -584,7 +594,7 @@ def contrast_from_text(text: str) -> TextMatch:
     hits = _scan(words_of(text), _CONTRAST_TABLE)
     if not hits:
         return TextMatch(None, ())
-    shown = tuple(" ".join(key) for key, _ in hits)
+    shown = tuple(_shown(key) for key, _ in hits)
     says = {s for _, (s, _) in hits}
     if "both" in says or {"yes", "no"} <= says:
         return TextMatch(None, shown, "says both with and without contrast")
@@ -990,7 +1000,7 @@ def _axis_without_iop(header: Dataset) -> PriorAnswer:
             continue
         hits = _scan(words_of(text), _AXIS_WORDS)
         said = {label for _, label in hits}
-        shown = _quote([" ".join(k) for k, _ in hits])
+        shown = _quote([_shown(k) for k, _ in hits])
         if len(said) == 1:
             label = said.pop()
             votes.append(_Vote(label, AXIS_TEXT_CONFIDENCE, keyword, f"{keyword} {shown} -> {label}"))

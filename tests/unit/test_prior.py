@@ -60,8 +60,9 @@ def double_oblique(about_x: float, about_y: float) -> list[float]:
 def test_words_of_rewrites_punctuation_forms() -> None:
     assert words_of("CT HEAD W/O") == ["CT", "HEAD", "<WO>"]
     assert words_of("ct abd/pel w") == ["CT", "ABD", "PEL", "W"]
-    assert words_of("HEAD C+") == ["HEAD", "<WITH>"]
-    assert words_of("HEAD C-") == ["HEAD", "<WO>"]
+    assert words_of("HEAD C+") == ["HEAD", "<CPLUS>"]
+    assert words_of("HEAD +C") == ["HEAD", "<CPLUS>"]
+    assert words_of("HEAD C-") == ["HEAD", "<CMINUS>"]
     assert words_of("C-SPINE") == ["C", "SPINE"]
     assert words_of("C- SPINE") == ["C", "SPINE"]
     assert words_of("C-T SPINE") == ["C", "T", "SPINE"]
@@ -224,6 +225,9 @@ CONTRAST_CASES: list[tuple[str, str | None]] = [
     ("CHEST W/ CONTRAST", "yes"),
     ("CHEST W/CONTRAST", "yes"),
     ("HEAD C+", "yes"),
+    ("HEAD +C", "yes"),
+    ("MIT KM", "yes"),
+    ("OHNE KM", "no"),
     ("CE-CT", "yes"),
     ("CONTRAST", "yes"),
     ("CONTRAST ENHANCED", "yes"),
@@ -286,6 +290,13 @@ def test_contrast_ambiguous_and_oral_are_explained() -> None:
     assert "both" in contrast_from_text("CT ABDOMEN W/WO").note
     assert "oral" in contrast_from_text("ORAL CONTRAST ONLY").note
     assert contrast_from_text("WORK").words == ()
+
+
+def test_contrast_evidence_shows_markers_as_written() -> None:
+    assert contrast_from_text("HEAD C-").words == ("C-",)
+    assert contrast_from_text("HEAD C+").words == ("C+",)
+    prior = read_prior(header(SeriesDescription="CT HEAD W/O"))
+    assert prior.contrast.evidence == "SeriesDescription 'W/O' -> no"
 
 
 def test_contrast_implied_words_weigh_less() -> None:

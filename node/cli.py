@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from node.classify.training_cli import add_training_commands
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
 
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    add_training_commands(sub, common)  # train, evaluate, crossval
     return parser
 
 

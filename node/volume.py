@@ -19,7 +19,7 @@ import math
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,7 +504,22 @@ def _geometry_report(slices: list[_Slice], normal: np.ndarray) -> dict[str, Any]
 # ---- pixel pass ----
 
 
-def _block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray) -> None:
+class _Scratch:
+    """Buffers reused from slice to slice. Fresh large arrays each time would cost a page fault per 4 KiB
+    (they come straight from mmap), which measured slower than the arithmetic itself."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.nbytes < size:
+            buffer = self._buffers[name] = np.empty(size, dtype=np.uint8)
+        return buffer[:size].view(dtype).reshape(shape)
+
+
+def _block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray, scratch: _Scratch) -> None:
     """Mean over fr x fc blocks of `frame` into `out` (float32); the remainder at the far edges is cropped.
 
     Adds strided views instead of reshape().mean(), which is about 15x slower on a 512^2 slice."""
@@ -514,7 +529,8 @@ def _block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray) -> None:
         np.copyto(out, cropped, casting="unsafe")
         return
     by_row = cropped.reshape(rows, fr, cols * fc)
-    acc = by_row[:, 0, :].astype(np.float32)
+    acc = scratch.get("acc", (rows, cols * fc), np.float32)
+    np.copyto(acc, by_row[:, 0, :], casting="unsafe")
     for i in range(1, fr):
         acc += by_row[:, i, :]
     by_col = acc.reshape(rows, cols, fc)
@@ -524,16 +540,16 @@ def _block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray) -> None:
     out *= np.float32(1.0 / (fr * fc))
 
 
-def _read_native_frame(source: _PixelSource, dtype: np.dtype[Any], frame: int) -> np.ndarray:
+def _read_native_frame(
+    source: _PixelSource, dtype: np.dtype[Any], frame: int, scratch: _Scratch
+) -> np.ndarray:
     assert source.value_offset is not None
-    count = source.rows * source.cols
+    arr = scratch.get("raw", (source.rows, source.cols), dtype)
     with open(source.path, "rb") as fp:
-        fp.seek(source.value_offset + frame * count * dtype.itemsize)
-        buffer = bytearray(count * dtype.itemsize)
-        got = fp.readinto(buffer)
-    if got != len(buffer):
+        fp.seek(source.value_offset + frame * arr.nbytes)
+        got = fp.readinto(arr.data.cast("B"))
+    if got != arr.nbytes:
         raise EOFError(f"pixel data of {source.path.name} frame {frame + 1} is truncated")
-    arr = np.frombuffer(buffer, dtype=dtype).reshape(source.rows, source.cols)
     shift = source.bits_allocated - source.bits_stored
     if 0 < shift < source.bits_allocated:
         # as pydicom does: ignore the unused high bits (sign-extending signed data)
@@ -542,12 +558,12 @@ def _read_native_frame(source: _PixelSource, dtype: np.dtype[Any], frame: int) -
     return arr
 
 
-def _frames(source: _PixelSource, wanted: list[int | None]) -> Iterable[np.ndarray]:
-    """The frames `wanted` of one file, in that order, one at a time."""
+def _frames(source: _PixelSource, wanted: list[int | None], scratch: _Scratch) -> Iterable[np.ndarray]:
+    """The frames `wanted` of one file, in that order, one at a time (native ones in a reused buffer)."""
     dtype = source.raw_dtype
     if dtype is not None:
         for frame in wanted:
-            yield _read_native_frame(source, dtype, frame or 0)
+            yield _read_native_frame(source, dtype, frame or 0, scratch)
     elif source.transfer_syntax and source.transfer_syntax != DeflatedExplicitVRLittleEndian:
         if wanted == [None]:
             yield pixel_array(source.path)
@@ -572,40 +588,58 @@ class _FileTask:
     slots: list[tuple[int, _Slice]]  # (destination index, slice), in frame order
 
 
-@dataclass
-class _TaskResult:
-    done: list[tuple[int, np.ndarray]]  # (destination index, downsampled HU slice)
-    failed: list[int]
-    error: str | None = None
-
-
-def _run_file_task(task: _FileTask, fr: int, fc: int, out_shape: tuple[int, int]) -> _TaskResult:
-    """Decode, pad-correct, downsample and rescale the slices of one task. Module level so that a
-    process pool can run it; holds one full-resolution frame at a time."""
+def _decode_into(
+    task: _FileTask, fr: int, fc: int, target: Callable[[int], np.ndarray], scratch: _Scratch
+) -> tuple[int, str | None]:
+    """Decode, pad-correct, downsample and rescale the slices of one task, each into `target(dest)`, one
+    full-resolution frame at a time. Returns how many slots were done (in order) and the error if any."""
     source = task.source
-    result = _TaskResult(done=[], failed=[])
+    done = 0
     try:
-        frames = _frames(source, [s.frame for _, s in task.slots])
-        for (dest, s), raw in zip(task.slots, frames, strict=False):
+        for (dest, s), raw in zip(
+            task.slots, _frames(source, [s.frame for _, s in task.slots], scratch), strict=False
+        ):
             if raw.shape != (source.rows, source.cols):
                 raise ValueError(f"frame shape {raw.shape} != ({source.rows}, {source.cols})")
+            frame = raw
             if source.padding is not None:
                 low, high = source.padding
-                mask = (raw >= low) & (raw <= high)
+                mask = scratch.get("mask", raw.shape, np.bool_)
+                if low == high:
+                    np.equal(raw, low, out=mask)
+                else:
+                    np.logical_and(raw >= low, raw <= high, out=mask)
                 if mask.any():
-                    raw = raw.astype(np.float32)
-                    raw[mask] = (AIR_HU - s.intercept) / s.slope
-            out = np.empty(out_shape, dtype=np.float32)
-            _block_mean(raw, fr, fc, out)
+                    frame = scratch.get("float", raw.shape, np.float32)
+                    np.copyto(frame, raw, casting="unsafe")
+                    frame[mask] = (AIR_HU - s.intercept) / s.slope
+            out = target(dest)
+            _block_mean(frame, fr, fc, out, scratch)
             if s.slope != 1.0:
                 out *= np.float32(s.slope)
             if s.intercept != 0.0:
                 out += np.float32(s.intercept)
-            result.done.append((dest, out))
+            done += 1
     except _INPUT_ERRORS as exc:
-        result.error = f"{source.path.name}: {exc}"
-    result.failed = [dest for dest, _ in task.slots[len(result.done) :]]
-    return result
+        return done, f"{source.path.name}: {exc}"
+    return done, None
+
+
+@dataclass
+class _TaskResult:
+    dests: list[int]  # destination index of each slice in `slices`
+    slices: np.ndarray  # (done, rows, cols) downsampled HU
+    failed: list[int]
+    error: str | None
+
+
+def _run_file_task(task: _FileTask, fr: int, fc: int, out_shape: tuple[int, int]) -> _TaskResult:
+    """_decode_into a fresh array: the form a worker process runs (module level, so it pickles)."""
+    chunk = np.empty((len(task.slots), *out_shape), dtype=np.float32)
+    index = {dest: i for i, (dest, _) in enumerate(task.slots)}
+    done, error = _decode_into(task, fr, fc, lambda dest: chunk[index[dest]], _Scratch())
+    dests = [dest for dest, _ in task.slots]
+    return _TaskResult(dests[:done], chunk[:done], dests[done:], error)
 
 
 def _pixel_tasks(slices: list[_Slice]) -> list[_FileTask]:
@@ -624,23 +658,29 @@ def _pixel_tasks(slices: list[_Slice]) -> list[_FileTask]:
 def _pixel_pass(
     tasks: list[_FileTask], voxels: np.ndarray, fr: int, fc: int, executor: Executor | None, in_flight: int
 ) -> list[int]:
-    """Run the tasks and copy each downsampled slice into `voxels`; returns the slots that failed. Tasks that
-    need a decoder go to `executor` when there is one, at most `in_flight` at a time (bounded memory)."""
+    """Fill `voxels` from the tasks; returns the slots that failed. Tasks that need a decoder go to
+    `executor` when there is one, at most `in_flight` at a time (bounded memory); the rest run here and
+    write straight into `voxels`."""
     failed: list[int] = []
-    out_shape = (int(voxels.shape[1]), int(voxels.shape[2]))
+    scratch = _Scratch()
+
+    def note_error(error: str | None) -> None:
+        if error is not None:
+            logger.warning("could not decode pixels of %s", error)
 
     def collect(result: _TaskResult) -> None:
-        for dest, arr in result.done:
-            voxels[dest] = arr
-        if result.error is not None:
-            logger.warning("could not decode pixels of %s", result.error)
+        voxels[result.dests] = result.slices
+        note_error(result.error)
         failed.extend(result.failed)
 
     pending: set[Future[_TaskResult]] = set()
+    out_shape = (int(voxels.shape[1]), int(voxels.shape[2]))
     for task in tasks:
         if executor is None or task.source.raw_dtype is not None:
             # native pixels are a file read and a few numpy adds: shipping them to a worker costs more
-            collect(_run_file_task(task, fr, fc, out_shape))
+            done, error = _decode_into(task, fr, fc, voxels.__getitem__, scratch)
+            note_error(error)
+            failed.extend(dest for dest, _ in task.slots[done:])
             continue
         if len(pending) >= in_flight:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -820,8 +860,9 @@ def volume_from_array(
     slices, rows, cols = (int(n) for n in hu.shape)
     f, fr, fc, out_rows, out_cols = _plane_factors(rows, cols, max_in_plane)
     voxels = np.empty((slices, out_rows, out_cols), dtype=np.float32)
+    scratch = _Scratch()
     for k in range(slices):
-        _block_mean(hu[k], fr, fc, voxels[k])
+        _block_mean(hu[k], fr, fc, voxels[k], scratch)
     out_spacing = (float(spacing[0]), float(spacing[1]) * fr, float(spacing[2]) * fc)
     computed: dict[str, Any] = {
         "classifiable": True,

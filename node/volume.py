@@ -82,9 +82,8 @@ _SENTENCE_FOR_CODE = {
 @dataclass
 class Volume:
     voxels: np.ndarray  # float32 HU, (slices, rows, cols), slices ascending along the slice normal
-    spacing: tuple[
-        float, float, float
-    ]  # mm between voxel centres along (slice, row, col), after downsampling
+    # mm between voxel centres along (slice, row, col), after downsampling; slice = median spacing
+    spacing: tuple[float, float, float]
     row_cosine: tuple[float, float, float]  # IOP[0:3]
     column_cosine: tuple[float, float, float]  # IOP[3:6]
     report: dict[str, Any]  # JSON-serialisable account for the audit
@@ -161,16 +160,8 @@ _BINARY_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
 # In Implicit VR the element carries no VR: the binary ones among the attributes read here
 _BINARY_TAGS = {
     tag_for_keyword(k): "H"
-    for k in (
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "BitsStored",
-        "PixelRepresentation",
-        "SamplesPerPixel",
-        "PixelPaddingValue",
-        "PixelPaddingRangeLimit",
-    )
+    for k in "Rows Columns BitsAllocated BitsStored PixelRepresentation SamplesPerPixel PixelPaddingValue "
+    "PixelPaddingRangeLimit".split()
 }
 _TAGS: dict[str, int] = {}
 
@@ -789,7 +780,10 @@ def assemble_series(
         for dest in sorted(bad):
             exclusions.add("unreadable_pixels", slices[dest].uid)
         keep = [i for i in range(len(slices)) if i not in bad]
-        voxels = voxels[keep]  # a copy, at the reduced size
+        for new_index, old_index in enumerate(keep):  # compact in place: no second array
+            if new_index != old_index:
+                voxels[new_index] = voxels[old_index]
+        voxels = voxels[: len(keep)]
         slices = [slices[i] for i in keep]
         if not slices:
             return _not_classifiable("unreadable", "no slice's pixel data could be decoded", report_so_far())

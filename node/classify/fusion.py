@@ -121,7 +121,7 @@ def fuse_task(
     task: str, prior: PriorAnswerLike | None, image: ImagePrediction | None, policy: FusionPolicy
 ) -> TaskResult:
     prior_label = prior.label if prior is not None and prior.label else None
-    prior_conf = prior.confidence if prior_label else 0.0
+    prior_conf = prior.confidence if prior is not None and prior_label else 0.0
     image_label = image.labels.get(task) if image is not None else None
     image_conf = image.confidence(task) if image is not None and image_label else 0.0
 

@@ -18,31 +18,12 @@ from typing import Any, Protocol
 
 from node.classify.engine import ImagePrediction
 from node.classify.labels import TASKS
+from node.classify.prior import body_parts_overlap
 
 UNKNOWN = "unknown"
 # The prior's axis comes from geometry when its source is Image Orientation (Patient), at the top level
 # or in the enhanced multi-frame PlaneOrientationSequence.
 GEOMETRY_SOURCES = ("ImageOrientationPatient", "PlaneOrientationSequence")
-
-# Coarse regions each body-part class covers, to tell a conflict from an overlap.
-BODY_PART_REGIONS: dict[str, frozenset[str]] = {
-    "Head": frozenset({"head"}),
-    "Head and face": frozenset({"head", "face"}),
-    "Face/Orbits/Sinus": frozenset({"face"}),
-    "Temporal bone": frozenset({"head"}),
-    "Head and neck": frozenset({"head", "face", "neck"}),
-    "Neck": frozenset({"neck"}),
-    "C-spine": frozenset({"neck"}),
-    "C and T spine": frozenset({"neck", "chest"}),
-    "T-spine": frozenset({"chest"}),
-    "T and L spine": frozenset({"chest", "abdomen"}),
-    "L-spine": frozenset({"abdomen"}),
-    "Chest": frozenset({"chest"}),
-    "Chest-abdomen-pelvis": frozenset({"chest", "abdomen", "pelvis"}),
-    "Abdomen": frozenset({"abdomen"}),
-    "Abdomen-pelvis": frozenset({"abdomen", "pelvis"}),
-    "Pelvis": frozenset({"pelvis"}),
-}
 
 
 class PriorAnswerLike(Protocol):
@@ -111,9 +92,9 @@ def relation(task: str, prior_label: str, image_label: str) -> str:
     if prior_label == image_label:
         return "agree"
     if task == "body_part":
-        a, b = BODY_PART_REGIONS.get(prior_label), BODY_PART_REGIONS.get(image_label)
-        if a is not None and b is not None and a & b:
-            return "partial"
+        if prior_label in TASKS[task] and image_label in TASKS[task]:
+            if body_parts_overlap(prior_label, image_label):
+                return "partial"
     return "conflict"
 
 

@@ -71,6 +71,7 @@ class TrainConfig:
     class_weights: bool = False
     select: str = "last"  # which weights go into the package: "last" epoch, or "best" on validation
     validate_every: int = 1  # epochs between validations (0: only after the last epoch)
+    stop_after: int | None = None  # stop after this many epochs of this run (continue later with resume)
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -364,7 +365,10 @@ def run_training(
     from tqdm import tqdm
 
     val_predictions: list[Prediction] = []
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs
+    if config.stop_after is not None:
+        end_epoch = min(end_epoch, start_epoch + max(0, config.stop_after))
+    for epoch in range(start_epoch, end_epoch):
         started = time.monotonic()
         for group_ in optimizer.param_groups:
             group_["lr"] = _lr_at(config, epoch)

@@ -46,6 +46,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="where tarballs are unpacked (~/.cache/dicom-node)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--stop-after", type=int, help="stop after this many epochs of this run (continue with --resume)"
+    )
     parser.add_argument("--name", default="ct-classifier", help="package name")
     parser.add_argument("--version", dest="package_version", default="0.1.0", help="package version")
     parser.add_argument("--description", default="CT series classifier trained with `node train`")
@@ -77,6 +80,7 @@ def _config(args: argparse.Namespace) -> object:
         threads=args.threads,
         progress=not args.quiet,
         resume=args.resume,
+        stop_after=args.stop_after,
         cache_dir=args.cache_dir,
         augment=NO_AUGMENTATION if args.no_augment else AugmentConfig(),
         name=args.name,

@@ -6,13 +6,16 @@ registers its array buffers with tracemalloc, so this is the peak of numpy + Pyt
 full-resolution float32 size of the series is printed beside them: that is what assembling without
 slice-by-slice downsampling would need for the voxels alone.
 
-    python bench/assemble_memory.py [--slices 1000] [--size 512] [--max-in-plane 256]
+A third case times a JPEG 2000 series (lidc0001_full re-encoded) decoded in process and on a process pool.
+
+    python bench/assemble_memory.py [--slices 1000] [--size 512] [--max-in-plane 256] [--pool N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,20 +40,26 @@ def current_rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def child(folder: Path, max_in_plane: int, trace: bool) -> int:
+def child(folder: Path, max_in_plane: int, trace: bool, processes: int) -> int:
     """Assemble the series in `folder` once and print one JSON line of measurements."""
     import pydicom  # noqa: F401  (imported before the baseline, as the node has it loaded)
 
     from node.volume import Volume, assemble_series
 
     files = sorted(p for p in folder.iterdir() if p.is_file())
+    pool = None
+    if processes:
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
+        list(pool.map(abs, range(processes)))  # start the workers before the clock
     baseline = current_rss()
     if trace:
         tracemalloc.start()
     start = time.perf_counter()
-    result = assemble_series(files, max_in_plane=max_in_plane)
+    result = assemble_series(files, max_in_plane=max_in_plane, executor=pool)
     seconds = time.perf_counter() - start
     traced_peak = tracemalloc.get_traced_memory()[1] if trace else 0
+    if pool is not None:
+        pool.shutdown()
     assert isinstance(result, Volume), result
     print(
         json.dumps(
@@ -80,8 +90,9 @@ class Run:
     voxels_bytes: int
 
 
-def run_child(folder: Path, max_in_plane: int, trace: bool) -> Run:
+def run_child(folder: Path, max_in_plane: int, trace: bool, processes: int = 0) -> Run:
     command = [sys.executable, __file__, "--child", str(folder), "--max-in-plane", str(max_in_plane)]
+    command += ["--processes", str(processes)]
     if trace:
         command.append("--trace")
     out = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -142,6 +153,27 @@ def measure(label: str, folder: Path, max_in_plane: int) -> None:
     )
 
 
+def write_jpeg2000(folder: Path, sources: list[Path]) -> None:
+    from pydicom import dcmread
+    from pydicom.uid import JPEG2000Lossless
+
+    for i, path in enumerate(sources):
+        ds = dcmread(path)
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+        ds.save_as(folder / f"{i:05d}.dcm")
+
+
+def measure_pool(label: str, folder: Path, max_in_plane: int, processes: int) -> None:
+    """Compressed data: decoding in this process against a process pool (the decoders hold the GIL)."""
+    alone = run_child(folder, max_in_plane, trace=False)
+    pooled = run_child(folder, max_in_plane, trace=False, processes=processes)
+    print(f"\n{label}: {alone.source_shape[0]} slices")
+    print(f"  in process                {alone.seconds:7.2f} s   {alone.timing}")
+    print(f"  process pool of {processes:<2d}       {pooled.seconds:7.2f} s   {pooled.timing}")
+    speed_up = alone.seconds / pooled.seconds
+    print(f"  speed-up {speed_up:.2f}x; peak RSS of the parent {pooled.peak_rss / MIB:.1f} MiB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,11 +181,15 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=1000)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--max-in-plane", type=int, default=256)
+    parser.add_argument(
+        "--pool", type=int, default=os.cpu_count() or 1, help="processes for the JPEG 2000 case (0: skip it)"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.max_in_plane, args.trace)
+        return child(args.child, args.max_in_plane, args.trace, args.processes)
 
     import pydicom
 
@@ -161,7 +197,7 @@ def main() -> int:
         f"volume assembly, max_in_plane={args.max_in_plane}; python {platform.python_version()}, "
         f"numpy {np.__version__}, pydicom {pydicom.__version__}, {os.cpu_count()} CPUs; files in page cache"
     )
-    from tests.peers import CT_DATA_DIR, unpack_ct
+    from tests.peers import CT_DATA_DIR, ct_files, unpack_ct
 
     if (CT_DATA_DIR / "qa_ge_head_tilt.tar.xz").is_file():
         measure("(a) qa_ge_head_tilt (real, GE, tilted)", unpack_ct("qa_ge_head_tilt"), args.max_in_plane)
@@ -175,6 +211,11 @@ def main() -> int:
         written = time.perf_counter() - start
         label = f"(b) synthetic {args.slices} x {args.size}^2 int16 (written in {written:.1f} s)"
         measure(label, folder, args.max_in_plane)
+
+    if args.pool and (CT_DATA_DIR / "lidc0001_full.tar.xz").is_file():
+        with tempfile.TemporaryDirectory(prefix="bench-assemble-j2k-") as tmp:
+            write_jpeg2000(Path(tmp), ct_files("lidc0001_full"))
+            measure_pool("(c) lidc0001_full as JPEG 2000 lossless", Path(tmp), args.max_in_plane, args.pool)
     return 0
 
 

@@ -14,6 +14,7 @@ A third case times a JPEG 2000 series (lidc0001_full re-encoded) decoded in proc
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing
 import os
@@ -49,8 +50,14 @@ def child(folder: Path, max_in_plane: int, trace: bool, processes: int) -> int:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     pool = None
     if processes:
-        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
-        list(pool.map(abs, range(processes)))  # start the workers before the clock
+        # a warm pool, as a long-running node would keep one: workers started, node.volume imported
+        pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=importlib.import_module,
+            initargs=("node.volume",),
+        )
+        list(pool.map(abs, range(processes)))
     baseline = current_rss()
     if trace:
         tracemalloc.start()

@@ -59,7 +59,7 @@ def monai_load(folder: Path) -> object:
 
 
 def per_series(engine: ClassifierEngine, repeat: int, with_monai: bool) -> list[Volume]:
-    max_in_plane = max(engine.grid[1:])
+    max_in_plane = engine.package.max_in_plane
     print(f"\nper series, CPU threads {torch.get_num_threads()}, median of {repeat} (ms)")
     header = f"{'series':28s} {'slices':>6s} {'assemble':>9s} {'preproc':>8s} {'infer':>7s} {'total':>7s}"
     if with_monai:
@@ -115,7 +115,7 @@ def assemble_and_classify(engine: ClassifierEngine, jobs: list[list[Path]]) -> N
             mine = jobs.pop()
         except IndexError:
             return
-        assembled = assemble_series(mine, max_in_plane=max(engine.grid[1:]))
+        assembled = assemble_series(mine, max_in_plane=engine.package.max_in_plane)
         if isinstance(assembled, Volume):
             engine.classify(assembled)
 

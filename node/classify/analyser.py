@@ -30,9 +30,9 @@ class ClassifyingAnalyser:
     def __init__(self, engine: ClassifierEngine, policy: FusionPolicy | None = None) -> None:
         self.engine = engine
         self.policy = policy or FusionPolicy()
-        # Read each slice block-averaged down to the network's in-plane grid: memory stays bounded and
-        # nothing finer than the network sees is ever held.
-        self.max_in_plane = max(engine.grid[1:])
+        # Read each slice block-averaged while decoding (memory stays bounded), to the same in-plane size
+        # the package was trained on, so the network sees what it saw in training.
+        self.max_in_plane = engine.package.max_in_plane
 
     def analyse(self, series_uid: str, header: Dataset, files: Sequence[Path]) -> AnalysisResult:
         started = time.perf_counter()

@@ -58,6 +58,12 @@ class ModelPackage:
     def tasks(self) -> dict[str, list[str]]:
         return self.spec.tasks
 
+    @property
+    def max_in_plane(self) -> int:
+        """In-plane size slices are block-averaged to while read (training and inference alike)."""
+        preprocessing = self.metadata.get("node", {}).get("preprocessing", {})
+        return int(preprocessing.get("max_in_plane") or 2 * max(self.spec.grid))
+
     def load_network(self, device: torch.device | str = "cpu") -> MultiTaskResNet:
         network = build_network(self.spec)
         weights = self.path / WEIGHTS
@@ -137,6 +143,7 @@ def bundle_metadata(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     window_hu: tuple[float, float] = WINDOW_HU,
+    max_in_plane: int | None = None,
 ) -> dict[str, Any]:
     """metadata.json content: MONAI bundle fields plus a `node` section that the node reads."""
     return {
@@ -187,6 +194,7 @@ def bundle_metadata(
             "preprocessing": {
                 "window_hu": list(window_hu),
                 "grid": list(spec.grid),
+                "max_in_plane": max_in_plane or 2 * max(spec.grid),
                 "slice_order": "native (sorted along the slice normal)",
                 "resize": "area where shrinking, then trilinear",
             },

@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from node.classify.labels import BODY_PARTS
 from node.rules import evaluate, load_rules
 from node.rules_dryrun import check, cmd_rules_check, cmd_rules_test, dry_run, facts_from_dataset, scan
 
@@ -207,7 +208,15 @@ def test_node_command_line(ct_folder: Path, rules_file: Path, tmp_path: Path) ->
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(s["instance_count"] for s in json.loads(done.stdout)["series"]) == [18, 28]
+    series = json.loads(done.stdout)["series"]
+    assert sorted(s["instance_count"] for s in series) == [18, 28]
+    # With the default settings the dry run classifies each series with the shipped starter model.
+    for entry in series:
+        facts = entry["analysis"]["facts"]
+        assert facts["classifiable"] is True
+        assert facts["prediction.axis"] == "axial" and facts["prediction.axis_source"] == "geometry"
+        assert facts["classification.model"].startswith("ct-starter@")
+        assert facts["image.body_part"] in BODY_PARTS
     bad = tmp_path / "bad.yaml"
     bad.write_text(RULES.replace("le: 3.0", "le: thin"), encoding="utf-8")
     done = subprocess.run(
@@ -220,3 +229,32 @@ def test_node_command_line(ct_folder: Path, rules_file: Path, tmp_path: Path) ->
     )
     assert done.returncode == 1
     assert f"{bad}:17: rule 'thin-ct-to-pacs': field 'when.all[1].le': expected a number" in done.stderr
+
+
+def test_dry_run_shows_predictions_and_routes_on_them(ct_folder: Path, tmp_path: Path) -> None:
+    from node.classify.analyser import ClassifyingAnalyser
+    from node.classify.engine import ClassifierEngine
+    from node.classify.package import load_package
+    from tests.classifyutil import tiny_package
+
+    engine = ClassifierEngine(load_package(tiny_package(tmp_path / "model")), device="cpu")
+    rules = tmp_path / "prediction.yaml"
+    rules.write_text(
+        RULES.replace(
+            "        - {attribute: ContrastBolusAgent, exists: true}",
+            "        - {attribute: prediction.axis, equals: axial}\n"
+            "        - {attribute: prior.contrast, equals: 'yes'}",
+        ),
+        encoding="utf-8",
+    )
+    report = dry_run(rules, ct_folder, analyser=ClassifyingAnalyser(engine))
+    assert report.count("classifiable = True") == 2
+    assert report.count("prediction.axis = 'axial'") == 2
+    assert "prior.axis_oblique = True" in report  # the tilted head
+    assert "timings_ms: assemble" in report
+    slab = dry_run(
+        rules, ct_folder / "kits00072_arterial_slab", json=True, analyser=ClassifyingAnalyser(engine)
+    )
+    entry = json.loads(slab)["series"][0]
+    assert entry["analysis"]["facts"]["prior.contrast"] == "yes"
+    assert entry["decision"]["destinations"]["research"] == ["contrast-to-research"]

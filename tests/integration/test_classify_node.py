@@ -106,3 +106,39 @@ def test_classified_and_unclassifiable_series_are_audited_and_routed(tmp_path: P
     assert flat["not_classifiable"]["code"] in {"single_slice", "no_geometry"}
     assert analysed[flat_uid].message.startswith("not classifiable: ")
     assert decisions[flat_uid].details["matched_rules"] == ["not-classifiable"]
+
+
+def test_node_refuses_to_start_with_a_broken_model_package(tmp_path: Path, package: Path) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken"
+    shutil.copytree(package, broken)
+    metadata = json.loads((broken / "configs" / "metadata.json").read_text())
+    metadata["node"]["classes"]["contrast"] = ["yes", "no"]  # swapped: the outputs would be read backwards
+    metadata["node"]["network"]["tasks"]["contrast"] = ["yes", "no"]
+    (broken / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    for model_dir, expected in (
+        (tmp_path / "absent", "does not exist"),
+        (broken, "classes of task 'contrast'"),
+    ):
+        config = tmp_path / "node.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "data_dir": str(tmp_path / "data"),
+                    "receive": {"port": 0},
+                    "classify": {"model_dir": str(model_dir)},
+                }
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "node", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert expected in done.stderr and str(model_dir) in done.stderr

@@ -30,17 +30,9 @@ from node.classify.labels import TASKS  # noqa: E402
 from node.classify.model import NetworkSpec, build_network  # noqa: E402
 from node.classify.package import STARTER_PACKAGE, load_package  # noqa: E402
 from node.volume import NotClassifiable, Volume, assemble_series  # noqa: E402
-from tests.peers import CT_DATA_DIR, unpack_ct  # noqa: E402
+from tests.peers import CT_DATA_DIR, DICOM_SERIES, unpack_ct  # noqa: E402
 
-SERIES = (
-    "itkelastix_chest",
-    "lidc0001_full",
-    "cptacgbm_c3n01192_head",
-    "qa_ge_head_tilt",
-    "fltbreast001_petct_upper",
-    "fltbreast001_petct_lower",
-    "kits00072_arterial_slab",
-)
+SERIES = DICOM_SERIES
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> tuple[float, object]:

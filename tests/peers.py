@@ -56,6 +56,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data lives beside the checkout: <repo>/../shared/data/ct (override: NODE_CT_DATA).
 CT_DATA_DIR = Path(os.environ.get("NODE_CT_DATA", REPO_ROOT.parent / "shared" / "data" / "ct"))
 CACHE_DIR = REPO_ROOT / ".cache" / "ct"
+# Every DICOM series of the shared data (manifest.csv rows of format dicom).
+DICOM_SERIES = (
+    "itkelastix_chest",
+    "lidc0001_full",
+    "cptacgbm_c3n01192_head",
+    "qa_ge_head_tilt",
+    "fltbreast001_petct_upper",
+    "fltbreast001_petct_lower",
+    "kits00072_arterial_slab",
+)
 
 DCMTK_TOOLS = frozenset({"storescp", "storescu", "echoscu", "dcmcrle", "dcmdrle", "dcmcjpls", "dcmdjpls",
                          "dcmcjpeg", "dcmdjpeg", "dcmcjp2k", "dcmdjp2k", "dcmdump", "dcmodify"})

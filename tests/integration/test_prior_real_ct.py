@@ -14,17 +14,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from node.classify.prior import Prior, read_prior
-from tests.peers import ct_files
+from tests.peers import DICOM_SERIES, ct_files
 
-SERIES = (
-    "itkelastix_chest",
-    "lidc0001_full",
-    "cptacgbm_c3n01192_head",
-    "qa_ge_head_tilt",
-    "fltbreast001_petct_upper",
-    "fltbreast001_petct_lower",
-    "kits00072_arterial_slab",
-)
+SERIES = DICOM_SERIES
 
 
 def _header(name: str) -> Dataset:

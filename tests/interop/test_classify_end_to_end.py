@@ -13,19 +13,11 @@ import yaml
 from node.classify.package import STARTER_PACKAGE, load_package
 from tests.interop.e2e import events, storescu
 from tests.nodeutil import make_settings, running_node, wait_for
-from tests.peers import ct_files, run_storescp
+from tests.peers import DICOM_SERIES, ct_files, run_storescp
 
 pytestmark = pytest.mark.interop
 
-SERIES = (
-    "itkelastix_chest",
-    "lidc0001_full",
-    "cptacgbm_c3n01192_head",
-    "qa_ge_head_tilt",
-    "fltbreast001_petct_upper",
-    "fltbreast001_petct_lower",
-    "kits00072_arterial_slab",
-)
+SERIES = DICOM_SERIES
 
 
 def prediction_rules(path: Path, port: int, ae_title: str) -> Path:

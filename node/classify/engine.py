@@ -101,6 +101,9 @@ class ClassifierEngine:
         self.batch_wait = batch_wait_ms / 1000.0
         if cpu_threads is not None:
             torch.set_num_threads(cpu_threads)
+        if self.on_gpu:
+            # Every batch has the same spatial shape (the package's grid): let cuDNN pick its fastest kernels.
+            torch.backends.cudnn.benchmark = True
         self.network = package.load_network(self.device)
         self.grid = package.spec.grid
         self._queue: queue.Queue[_Request | None] = queue.Queue()

@@ -57,7 +57,10 @@ def test_kill9_loses_no_acknowledged_instance_and_completes_once(
                 "archive": {"ae_title": scp.ae_title, "host": "127.0.0.1", "port": scp.port},
             },
         )
-        settings = node_process_settings(tmp_path, free_port(), rules, completion={"quiet_seconds": 2.0})
+        # The quiet time must outlast a restart plus the start of the resend: with 2 s on a loaded machine
+        # the re-armed timer sometimes completed the partial series first, and the resend then (rightly)
+        # became a follow-up generation with a second completion.
+        settings = node_process_settings(tmp_path, free_port(), rules, completion={"quiet_seconds": 8.0})
         node = NodeProcess(tmp_path, settings).start()
         try:
             acknowledged = _send_until_killed(node, files, monkeypatch)

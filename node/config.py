@@ -91,6 +91,9 @@ class ClassifySettings(_Strict):
     # Route workers (each assembles volumes in parallel; the engine batches their inference).
     # None: 4 on CUDA, 1 on CPU.
     workers: int | None = Field(None, ge=1, le=64)
+    # Processes that decode compressed pixel data (JPEG 2000, JPEG-LS, ...) while a volume is assembled;
+    # 0 decodes in the route worker. The decoders hold the GIL, so only processes help (docs/volume.md).
+    decode_processes: int = Field(0, ge=0, le=64)
     # CPU threads for torch; None leaves torch's default (one per core).
     cpu_threads: int | None = Field(None, ge=1, le=256)
     # Below this probability an image answer is "low confidence"; a prior at least this confident wins.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ logger = logging.getLogger(__name__)
 
 
 class ClassifyingAnalyser:
-    def __init__(self, engine: ClassifierEngine, policy: FusionPolicy | None = None) -> None:
+    def __init__(
+        self, engine: ClassifierEngine, policy: FusionPolicy | None = None, decoders: Executor | None = None
+    ) -> None:
         self.engine = engine
         self.policy = policy or FusionPolicy()
+        self.decoders = decoders  # a process pool for compressed pixel data, or None (decode here)
         # Read each slice block-averaged while decoding (memory stays bounded), to the same in-plane size
         # the package was trained on, so the network sees what it saw in training.
         self.max_in_plane = engine.package.max_in_plane
@@ -43,7 +47,7 @@ class ClassifyingAnalyser:
         not_classifiable: NotClassifiable | None = None
         volume_report: dict[str, Any] = {}
         try:
-            assembled = assemble_series(files, max_in_plane=self.max_in_plane)
+            assembled = assemble_series(files, max_in_plane=self.max_in_plane, executor=self.decoders)
             timings["assemble"] = (time.perf_counter() - started) * 1000.0
             if isinstance(assembled, NotClassifiable):
                 not_classifiable = assembled
@@ -90,6 +94,8 @@ class ClassifyingAnalyser:
 
     def close(self) -> None:
         self.engine.close()
+        if self.decoders is not None:
+            self.decoders.shutdown(wait=True, cancel_futures=True)
 
 
 def _summary(fused: Any, image: ImagePrediction | None, not_classifiable: NotClassifiable | None) -> str:

@@ -33,4 +33,9 @@ def build_analyser(settings: ClassifySettings) -> tuple[SeriesAnalyser, int]:
     )
     policy = FusionPolicy(settings.min_confidence, settings.min_prior_confidence)
     workers = settings.workers or (4 if engine.on_gpu else 1)
-    return ClassifyingAnalyser(engine, policy), workers
+    decoders = None
+    if settings.decode_processes:
+        from concurrent.futures import ProcessPoolExecutor
+
+        decoders = ProcessPoolExecutor(settings.decode_processes)
+    return ClassifyingAnalyser(engine, policy, decoders=decoders), workers

@@ -142,3 +142,34 @@ def test_node_refuses_to_start_with_a_broken_model_package(tmp_path: Path, packa
         )
         assert done.returncode == 2, done.stderr[-2000:]
         assert expected in done.stderr and str(model_dir) in done.stderr
+
+
+def test_compressed_series_decoded_in_a_process_pool(tmp_path: Path, package: Path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pydicom.uid import RLELossless
+
+    from node.classify.analyser import ClassifyingAnalyser
+    from node.classify.engine import ClassifierEngine
+    from node.classify.package import load_package
+
+    series_uid, study = generate_uid(), generate_uid()
+    files = []
+    for n in range(1, 9):
+        ds = ct_with_geometry(series_uid, study, n)
+        ds.compress(RLELossless)
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    engine = ClassifierEngine(load_package(package), device="cpu")
+    analyser = ClassifyingAnalyser(engine, decoders=ProcessPoolExecutor(1))
+    try:
+        in_pool = analyser.analyse(series_uid, ct_with_geometry(series_uid, study, 1), files)
+    finally:
+        analyser.close()
+    in_process = ClassifyingAnalyser(engine).analyse(
+        series_uid, ct_with_geometry(series_uid, study, 1), files
+    )
+    assert in_pool.facts["classifiable"] is True
+    assert in_pool.audit["volume"]["transfer_syntaxes"] == [RLELossless]
+    assert in_pool.audit["image"]["probabilities"] == in_process.audit["image"]["probabilities"]

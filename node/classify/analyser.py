@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from node.analysis import AnalysisResult
 from node.classify.engine import ClassifierEngine, ImagePrediction
-from node.classify.fusion import FusionPolicy, fuse
+from node.classify.fusion import Fused, FusionPolicy, fuse
 from node.classify.labels import TASKS
 from node.classify.prior import read_prior
 from node.volume import NotClassifiable, assemble_series
@@ -98,7 +98,7 @@ class ClassifyingAnalyser:
             self.decoders.shutdown(wait=True, cancel_futures=True)
 
 
-def _summary(fused: Any, image: ImagePrediction | None, not_classifiable: NotClassifiable | None) -> str:
+def _summary(fused: Fused, image: ImagePrediction | None, not_classifiable: NotClassifiable | None) -> str:
     answers = ", ".join(
         f"{task} {r.label} ({r.source} {r.confidence:.2f})" for task, r in fused.tasks.items()
     )

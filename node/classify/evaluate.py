@@ -203,9 +203,8 @@ def evaluate(
     manifest: Manifest = read_manifest(manifest_path)
     for series_id, reason in manifest.skipped:
         print(f"skipped {series_id}: {reason}")
-    grid = package.spec.grid
     volumes = load_volumes(
-        manifest.entries, max_in_plane=2 * max(grid), cache_dir=cache_dir, progress=progress
+        manifest.entries, max_in_plane=package.max_in_plane, cache_dir=cache_dir, progress=progress
     )
     all_views = {k: View.from_volume(v) for k, v in volumes.items()}
     items = views_to_score(manifest.entries, all_views, derived=views == "augmented")
@@ -213,7 +212,7 @@ def evaluate(
     probabilities: list[dict[str, np.ndarray]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        inputs = network_inputs(chunk, grid, package.window_hu)
+        inputs = network_inputs(chunk, package.spec.grid, package.window_hu)
         probabilities += predict_probabilities(network, inputs, torch_device, batch_size)
     predictions = to_predictions(items, probabilities, package.tasks)
     result = report(

@@ -135,13 +135,13 @@ def set_threads(threads: int | None) -> int:
 
 
 def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise TrainingError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    """--device auto|cpu|cuda[:N], chosen as the running node chooses classify.device."""
+    from node.classify.engine import EngineError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except EngineError as exc:
+        raise TrainingError(f"--device: {exc}") from exc
 
 
 def show_progress(requested: bool) -> bool:
@@ -518,6 +518,7 @@ def write_package(
         description=config.description,
         training=training_metadata(config, result, manifest),
         metrics=dict(metrics) if metrics is not None else validation_metrics(result.val_predictions),
+        max_in_plane=config.max_in_plane,
     )
     network = copy.deepcopy(result.network).cpu()
     save_package(target, network, metadata)

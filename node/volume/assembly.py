@@ -13,20 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from node.volume.geometry import _geometry_report, _largest_group, _normal, _sort_and_dedupe
-from node.volume.headers import CT_MODALITY, _header_slices
+from node.volume.geometry import geometry_report, largest_group, slice_normal, sort_and_dedupe
+from node.volume.headers import CT_MODALITY, header_slices
 from node.volume.model import (
-    _CODE_FOR_REASON,
-    _SENTENCE_FOR_CODE,
+    CODE_FOR_REASON,
+    SENTENCE_FOR_CODE,
+    Exclusions,
     NotClassifiable,
+    SliceHeader,
     Volume,
-    _Exclusions,
-    _not_classifiable,
-    _Slice,
-    _too_few,
     logger,
+    not_classifiable,
+    too_few_result,
 )
-from node.volume.pixels import _block_mean, _pixel_pass, _pixel_tasks, _plane_factors, _Scratch
+from node.volume.pixels import Scratch, block_mean, pixel_pass, pixel_tasks, plane_factors
 
 
 def assemble_series(
@@ -45,14 +45,14 @@ def assemble_series(
     if max_in_plane < 1:
         raise ValueError(f"max_in_plane must be >= 1, got {max_in_plane}")
     started = time.perf_counter()
-    exclusions = _Exclusions()
+    exclusions = Exclusions()
     seen: dict[str, Counter[str]] = {
         k: Counter()
         for k in ("transfer_syntaxes", "modalities", "rescale_defaulted", "pixel_spacing_defaulted")
     }
-    candidates: list[_Slice] = []
+    candidates: list[SliceHeader] = []
     for order, path in enumerate(files):
-        candidates.extend(_header_slices(Path(path), order, exclusions, seen))
+        candidates.extend(header_slices(Path(path), order, exclusions, seen))
 
     def report_so_far() -> dict[str, Any]:
         return {
@@ -64,34 +64,32 @@ def assemble_series(
         }
 
     if not files:
-        return _not_classifiable("empty", "no instance files were given", report_so_far())
+        return not_classifiable("empty", "no instance files were given", report_so_far())
     if not candidates:
         readable = {r: n for r, n in exclusions.counts.items() if r != "unreadable"}
         if not readable:
-            sentence = _SENTENCE_FOR_CODE["unreadable"].format(n=len(files))
-            return _not_classifiable("unreadable", sentence, report_so_far())
-        # the dominant reason names the series; ties go to the order of _CODE_FOR_REASON
-        priority = list(_CODE_FOR_REASON)
+            sentence = SENTENCE_FOR_CODE["unreadable"].format(n=len(files))
+            return not_classifiable("unreadable", sentence, report_so_far())
+        # the dominant reason names the series; ties go to the order of CODE_FOR_REASON
+        priority = list(CODE_FOR_REASON)
         reason = max(readable, key=lambda r: (readable[r], -priority.index(r)))
-        code = _CODE_FOR_REASON[reason]
+        code = CODE_FOR_REASON[reason]
         modalities = "/".join(m for m in sorted(seen["modalities"]) if m != CT_MODALITY) or "unknown"
-        return _not_classifiable(
-            code, _SENTENCE_FOR_CODE[code].format(modalities=modalities), report_so_far()
-        )
+        return not_classifiable(code, SENTENCE_FOR_CODE[code].format(modalities=modalities), report_so_far())
 
-    group = _largest_group(candidates, exclusions)
+    group = largest_group(candidates, exclusions)
     iop = group[0].orientation
-    normal = _normal(iop)
-    slices = _sort_and_dedupe(group, normal, exclusions)
+    normal = slice_normal(iop)
+    slices = sort_and_dedupe(group, normal, exclusions)
     del candidates, group
     if len(slices) < min_slices:
-        return _too_few(len(slices), min_slices, report_so_far())
+        return too_few_result(len(slices), min_slices, report_so_far())
     header_seconds = time.perf_counter() - started
 
     rows, cols = slices[0].source.rows, slices[0].source.cols
-    f, fr, fc, out_rows, out_cols = _plane_factors(rows, cols, max_in_plane)
+    f, fr, fc, out_rows, out_cols = plane_factors(rows, cols, max_in_plane)
     voxels = np.empty((len(slices), out_rows, out_cols), dtype=np.float32)
-    failed = _pixel_pass(_pixel_tasks(slices), voxels, fr, fc, executor, max(1, in_flight))
+    failed = pixel_pass(pixel_tasks(slices), voxels, fr, fc, executor, max(1, in_flight))
 
     if failed:
         bad = set(failed)
@@ -104,9 +102,9 @@ def assemble_series(
         voxels = voxels[: len(keep)]
         slices = [slices[i] for i in keep]
         if not slices:
-            return _not_classifiable("unreadable", "no slice's pixel data could be decoded", report_so_far())
+            return not_classifiable("unreadable", "no slice's pixel data could be decoded", report_so_far())
         if len(slices) < min_slices:
-            return _too_few(len(slices), min_slices, report_so_far())
+            return too_few_result(len(slices), min_slices, report_so_far())
 
     spacing_slice = float(np.median(np.diff([s.projection for s in slices])))
     spacing = (spacing_slice, slices[0].pixel_spacing[0] * fr, slices[0].pixel_spacing[1] * fc)
@@ -122,7 +120,7 @@ def assemble_series(
             "shape": list(voxels.shape),
             "spacing_mm": [round(v, 4) for v in spacing],
             "source_pixel_spacing_mm": [round(v, 4) for v in header.pixel_spacing],
-            **_geometry_report(slices, normal),
+            **geometry_report(slices, normal),
             "multiframe": any(s.frame is not None for s in slices),
             "orientation": [round(float(v), 6) for v in iop],
             "rescale_defaulted": sum(seen["rescale_defaulted"].values()),
@@ -170,11 +168,11 @@ def volume_from_array(
     if len(row_cosine) != 3 or len(column_cosine) != 3:
         raise ValueError("row_cosine and column_cosine must have 3 components each")
     slices, rows, cols = (int(n) for n in hu.shape)
-    f, fr, fc, out_rows, out_cols = _plane_factors(rows, cols, max_in_plane)
+    f, fr, fc, out_rows, out_cols = plane_factors(rows, cols, max_in_plane)
     voxels = np.empty((slices, out_rows, out_cols), dtype=np.float32)
-    scratch = _Scratch()
+    scratch = Scratch()
     for k in range(slices):
-        _block_mean(hu[k], fr, fc, voxels[k], scratch)
+        block_mean(hu[k], fr, fc, voxels[k], scratch)
     out_spacing = (float(spacing[0]), float(spacing[1]) * fr, float(spacing[2]) * fc)
     computed: dict[str, Any] = {
         "classifiable": True,

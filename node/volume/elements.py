@@ -35,7 +35,7 @@ def _tag(keyword: str) -> int:
     return tag
 
 
-def _values(ds: Dataset | None, keyword: str) -> list[Any]:
+def element_values(ds: Dataset | None, keyword: str) -> list[Any]:
     """The values of `keyword` in `ds`: str for text VRs, int for binary ones; [] when absent or empty."""
     if ds is None:
         return []
@@ -62,7 +62,7 @@ def _values(ds: Dataset | None, keyword: str) -> list[Any]:
     return list(value)
 
 
-def _floats(values: list[Any], n: int) -> np.ndarray | None:
+def element_floats(values: list[Any], n: int) -> np.ndarray | None:
     if len(values) != n:
         return None
     try:
@@ -72,7 +72,7 @@ def _floats(values: list[Any], n: int) -> np.ndarray | None:
     return arr if bool(np.all(np.isfinite(arr))) else None
 
 
-def _number(values: list[Any], default: float) -> float:
+def element_number(values: list[Any], default: float) -> float:
     try:
         result = float(values[0]) if values else default
     except (TypeError, ValueError):
@@ -80,14 +80,14 @@ def _number(values: list[Any], default: float) -> float:
     return result if math.isfinite(result) else default
 
 
-def _int(values: list[Any], default: int) -> int:
+def element_int(values: list[Any], default: int) -> int:
     try:
         return int(float(values[0])) if values else default
     except (TypeError, ValueError, OverflowError):
         return default
 
 
-def _text(values: list[Any]) -> str:
+def element_text(values: list[Any]) -> str:
     return str(values[0]).strip() if values else ""
 
 
@@ -95,11 +95,11 @@ def _upper_values(values: list[Any]) -> list[str]:
     return [str(v).upper() for v in values]
 
 
-def _is_localizer(image_type: list[Any]) -> bool:
+def is_localizer(image_type: list[Any]) -> bool:
     return any("LOCALIZER" in v or "SCOUT" in v for v in _upper_values(image_type))
 
 
-def _valid_orientation(iop: np.ndarray | None) -> np.ndarray | None:
+def valid_orientation(iop: np.ndarray | None) -> np.ndarray | None:
     """IOP with both cosines of non-zero length and not parallel; None otherwise."""
     if iop is None:
         return None
@@ -111,7 +111,7 @@ def _valid_orientation(iop: np.ndarray | None) -> np.ndarray | None:
     return iop
 
 
-def _item(ds: Dataset | None, sequence: str) -> Dataset | None:
+def first_item(ds: Dataset | None, sequence: str) -> Dataset | None:
     """The first item of `sequence` in `ds`, or None."""
     if ds is None:
         return None

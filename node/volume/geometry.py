@@ -8,21 +8,21 @@ from typing import Any
 
 import numpy as np
 
-from node.volume.model import _Exclusions, _Slice
+from node.volume.model import Exclusions, SliceHeader
 
 ORIENTATION_TOLERANCE = 1e-2  # max abs difference of direction cosines within one group (about 0.6 degrees)
 DUPLICATE_TOLERANCE_MM = 1e-2  # two slices closer than this along the normal are the same position
 GAP_FACTOR = 1.5  # a spacing above GAP_FACTOR x median is reported as a gap
 
 
-def _normal(iop: np.ndarray) -> np.ndarray:
+def slice_normal(iop: np.ndarray) -> np.ndarray:
     normal = np.cross(iop[:3], iop[3:])
     return np.asarray(normal / np.linalg.norm(normal), dtype=np.float64)
 
 
-def _largest_group(slices: list[_Slice], exclusions: _Exclusions) -> list[_Slice]:
+def largest_group(slices: list[SliceHeader], exclusions: Exclusions) -> list[SliceHeader]:
     """Keep the largest set of slices with one size, one pixel spacing and one orientation."""
-    groups: list[tuple[tuple[int, int, float, float], np.ndarray, list[_Slice]]] = []
+    groups: list[tuple[tuple[int, int, float, float], np.ndarray, list[SliceHeader]]] = []
     for s in slices:
         key = (s.source.rows, s.source.cols, round(s.pixel_spacing[0], 3), round(s.pixel_spacing[1], 3))
         for gkey, giop, members in groups:
@@ -47,7 +47,9 @@ def _largest_group(slices: list[_Slice], exclusions: _Exclusions) -> list[_Slice
     return best
 
 
-def _sort_and_dedupe(slices: list[_Slice], normal: np.ndarray, exclusions: _Exclusions) -> list[_Slice]:
+def sort_and_dedupe(
+    slices: list[SliceHeader], normal: np.ndarray, exclusions: Exclusions
+) -> list[SliceHeader]:
     for s in slices:
         s.projection = float(np.dot(s.position, normal))
     slices.sort(key=lambda s: (s.projection, s.instance_number, s.order, s.frame or 0))
@@ -60,7 +62,7 @@ def _sort_and_dedupe(slices: list[_Slice], normal: np.ndarray, exclusions: _Excl
     return kept
 
 
-def _geometry_report(slices: list[_Slice], normal: np.ndarray) -> dict[str, Any]:
+def geometry_report(slices: list[SliceHeader], normal: np.ndarray) -> dict[str, Any]:
     projections = np.array([s.projection for s in slices])
     steps = np.diff(projections)
     median = float(np.median(steps))

@@ -13,16 +13,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from node.volume.elements import (
-    _floats,
-    _int,
-    _is_localizer,
-    _item,
-    _number,
-    _text,
-    _valid_orientation,
-    _values,
+    element_floats,
+    element_int,
+    element_number,
+    element_text,
+    element_values,
+    first_item,
+    is_localizer,
+    valid_orientation,
 )
-from node.volume.model import _INPUT_ERRORS, _Exclusions, _PixelSource, _Slice, logger
+from node.volume.model import INPUT_ERRORS, Exclusions, PixelSource, SliceHeader, logger
 
 CT_MODALITY = "CT"
 _PIXEL_DATA_TAG = (0x7FE0, 0x0010)
@@ -55,12 +55,12 @@ def _peek_pixel_element(fp: Any, ds: Dataset) -> tuple[bool, int | None]:
 
 
 def _padding_range(ds: Dataset, signed: bool, bits_allocated: int) -> tuple[float, float] | None:
-    pad = _values(ds, "PixelPaddingValue")
+    pad = element_values(ds, "PixelPaddingValue")
     if not pad:
         return None
     values = []
-    for raw in (pad, _values(ds, "PixelPaddingRangeLimit") or pad):
-        value = _int(raw, 0)
+    for raw in (pad, element_values(ds, "PixelPaddingRangeLimit") or pad):
+        value = element_int(raw, 0)
         # US/SS ambiguity: a signed image's padding may have been read as unsigned (63536 -> -2000)
         if signed and value >= 2 ** (bits_allocated - 1):
             value -= 2**bits_allocated
@@ -68,22 +68,22 @@ def _padding_range(ds: Dataset, signed: bool, bits_allocated: int) -> tuple[floa
     return min(values), max(values)
 
 
-def _header_slices(
-    path: Path, order: int, exclusions: _Exclusions, seen: dict[str, Counter[str]]
-) -> list[_Slice]:
+def header_slices(
+    path: Path, order: int, exclusions: Exclusions, seen: dict[str, Counter[str]]
+) -> list[SliceHeader]:
     """The candidate slices of one file (one per frame), or [] with the reason recorded."""
     try:
         with open(path, "rb") as fp:
             ds = dcmread(fp, stop_before_pixels=True, force=True)
             has_pixels, value_offset = _peek_pixel_element(fp, ds)
-    except _INPUT_ERRORS as exc:
+    except INPUT_ERRORS as exc:
         logger.debug("unreadable instance file %s: %s", path, exc)
         exclusions.add("unreadable", path.name)
         return []
-    uid = _text(_values(ds, "SOPInstanceUID")) or path.name
-    sop_class = _text(_values(ds, "SOPClassUID"))
-    modality = _text(_values(ds, "Modality")).upper()
-    rows, cols = _int(_values(ds, "Rows"), 0), _int(_values(ds, "Columns"), 0)
+    uid = element_text(element_values(ds, "SOPInstanceUID")) or path.name
+    sop_class = element_text(element_values(ds, "SOPClassUID"))
+    modality = element_text(element_values(ds, "Modality")).upper()
+    rows, cols = element_int(element_values(ds, "Rows"), 0), element_int(element_values(ds, "Columns"), 0)
     if not sop_class and not modality and not rows:
         # force=True accepts any bytes; a "dataset" with none of these is not DICOM
         exclusions.add("unreadable", path.name)
@@ -98,37 +98,37 @@ def _header_slices(
     if modality != CT_MODALITY:
         exclusions.add("not_ct", uid)
         return []
-    if _is_localizer(_values(ds, "ImageType")):
+    if is_localizer(element_values(ds, "ImageType")):
         exclusions.add("localizer", uid)
         return []
-    if _int(_values(ds, "SamplesPerPixel"), 1) != 1:
+    if element_int(element_values(ds, "SamplesPerPixel"), 1) != 1:
         exclusions.add("not_monochrome", uid)
         return []
 
-    frames = max(1, _int(_values(ds, "NumberOfFrames"), 1))
-    bits_allocated = _int(_values(ds, "BitsAllocated"), 16)
-    signed = _int(_values(ds, "PixelRepresentation"), 0) == 1
+    frames = max(1, element_int(element_values(ds, "NumberOfFrames"), 1))
+    bits_allocated = element_int(element_values(ds, "BitsAllocated"), 16)
+    signed = element_int(element_values(ds, "PixelRepresentation"), 0) == 1
     _, little = ds.original_encoding
-    source = _PixelSource(
+    source = PixelSource(
         path=path,
         transfer_syntax=transfer_syntax,
         frames=frames,
         rows=rows,
         cols=cols,
         bits_allocated=bits_allocated,
-        bits_stored=_int(_values(ds, "BitsStored"), bits_allocated),
+        bits_stored=element_int(element_values(ds, "BitsStored"), bits_allocated),
         signed=signed,
         little_endian=little is not False,
         value_offset=value_offset,
         padding=_padding_range(ds, signed, bits_allocated),
     )
-    instance_number = _int(_values(ds, "InstanceNumber"), 2**31)
+    instance_number = element_int(element_values(ds, "InstanceNumber"), 2**31)
     per_frame = (
         ds.get("PerFrameFunctionalGroupsSequence")
         if frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
         else None
     )
-    shared = _item(ds, "SharedFunctionalGroupsSequence") if per_frame else None
+    shared = first_item(ds, "SharedFunctionalGroupsSequence") if per_frame else None
 
     if frames == 1 and not per_frame:
         items: list[tuple[int | None, Dataset | None]] = [(None, None)]
@@ -144,28 +144,28 @@ def _header_slices(
 
         def lookup(sequence: str, keyword: str, group: Dataset | None = group) -> list[Any]:
             """From the frame's functional group, else the shared one, else the top level."""
-            for item in (_item(group, sequence), _item(shared, sequence)):
-                values = _values(item, keyword)
+            for item in (first_item(group, sequence), first_item(shared, sequence)):
+                values = element_values(item, keyword)
                 if values:
                     return values
-            return _values(ds, keyword)
+            return element_values(ds, keyword)
 
         frame_uid = uid if frame is None else f"{uid}#{frame + 1}"
-        if frame is not None and _is_localizer(
-            _values(_item(group, "CTImageFrameTypeSequence"), "FrameType")
+        if frame is not None and is_localizer(
+            element_values(first_item(group, "CTImageFrameTypeSequence"), "FrameType")
         ):
             exclusions.add("localizer", frame_uid)
             continue
-        position = _floats(lookup("PlanePositionSequence", "ImagePositionPatient"), 3)
-        orientation = _valid_orientation(
-            _floats(lookup("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+        position = element_floats(lookup("PlanePositionSequence", "ImagePositionPatient"), 3)
+        orientation = valid_orientation(
+            element_floats(lookup("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
         )
         if position is None or orientation is None:
             exclusions.add("no_geometry", frame_uid)
             continue
-        spacing = _floats(lookup("PixelMeasuresSequence", "PixelSpacing"), 2)
+        spacing = element_floats(lookup("PixelMeasuresSequence", "PixelSpacing"), 2)
         if spacing is None or np.any(spacing <= 0):
-            spacing = _floats(_values(ds, "ImagerPixelSpacing"), 2)
+            spacing = element_floats(element_values(ds, "ImagerPixelSpacing"), 2)
         if spacing is None or np.any(spacing <= 0):
             seen["pixel_spacing_defaulted"][frame_uid] += 1
             spacing = np.ones(2)
@@ -173,9 +173,9 @@ def _header_slices(
         intercept_raw = lookup("PixelValueTransformationSequence", "RescaleIntercept")
         if not slope_raw or not intercept_raw:
             seen["rescale_defaulted"][frame_uid] += 1
-        slope = _number(slope_raw, 1.0) or 1.0
+        slope = element_number(slope_raw, 1.0) or 1.0
         slices.append(
-            _Slice(
+            SliceHeader(
                 source=source,
                 frame=frame,
                 uid=frame_uid,
@@ -185,7 +185,7 @@ def _header_slices(
                 orientation=orientation,
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 slope=slope,
-                intercept=_number(intercept_raw, 0.0),
+                intercept=element_number(intercept_raw, 0.0),
             )
         )
     return slices

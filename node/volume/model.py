@@ -21,7 +21,7 @@ MAX_EXAMPLES = 10
 
 # What pydicom and its decoders raise on malformed files or pixel data. Caught only around the calls that
 # read input, so that a bad file is skipped and reported instead of failing the series.
-_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
     InvalidDicomError,
     OSError,
     EOFError,
@@ -35,7 +35,7 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # Series-level codes when nothing usable is left, chosen from the dominant exclusion reason.
-_CODE_FOR_REASON = {
+CODE_FOR_REASON = {
     "unreadable": "unreadable",
     "not_image": "not_image",
     "not_ct": "not_ct",
@@ -43,7 +43,7 @@ _CODE_FOR_REASON = {
     "no_geometry": "no_geometry",
     "not_monochrome": "not_monochrome",
 }
-_SENTENCE_FOR_CODE = {
+SENTENCE_FOR_CODE = {
     "unreadable": "none of the {n} files could be read as DICOM",
     "not_image": "no image instances: the series holds only non-image objects (e.g. SR, presentation states)",
     "not_ct": "not a CT series (modality {modalities})",
@@ -71,7 +71,7 @@ class NotClassifiable:
 
 
 @dataclass(frozen=True)
-class _PixelSource:
+class PixelSource:
     """How to get the pixels of one file: raw reads for native data, pydicom's decoders otherwise."""
 
     path: Path
@@ -98,8 +98,8 @@ class _PixelSource:
 
 
 @dataclass
-class _Slice:
-    source: _PixelSource
+class SliceHeader:
+    source: PixelSource
     frame: int | None  # None: a single-frame object
     uid: str  # SOPInstanceUID (with "#frame" for frames), for the report's examples
     instance_number: int
@@ -113,7 +113,7 @@ class _Slice:
 
 
 @dataclass
-class _Exclusions:
+class Exclusions:
     counts: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -124,13 +124,13 @@ class _Exclusions:
             bucket.append(example)
 
 
-def _not_classifiable(code: str, reason: str, report: dict[str, Any]) -> NotClassifiable:
+def not_classifiable(code: str, reason: str, report: dict[str, Any]) -> NotClassifiable:
     report = {**report, "classifiable": False, "code": code, "reason": reason}
     logger.info("series not classifiable (%s): %s", code, reason)
     return NotClassifiable(code=code, reason=reason, report=report)
 
 
-def _too_few(n: int, min_slices: int, report: dict[str, Any]) -> NotClassifiable:
+def too_few_result(n: int, min_slices: int, report: dict[str, Any]) -> NotClassifiable:
     code = "single_slice" if n == 1 else "too_few_slices"
     noun = "slice" if n == 1 else "slices"
-    return _not_classifiable(code, f"only {n} image {noun} (at least {min_slices} are needed)", report)
+    return not_classifiable(code, f"only {n} image {noun} (at least {min_slices} are needed)", report)

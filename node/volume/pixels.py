@@ -15,12 +15,12 @@ from pydicom import dcmread
 from pydicom.pixels import iter_pixels, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from node.volume.model import _INPUT_ERRORS, _PixelSource, _Slice, logger
+from node.volume.model import INPUT_ERRORS, PixelSource, SliceHeader, logger
 
 AIR_HU = -1000.0  # Pixel Padding Value pixels (outside the reconstruction circle) become air
 
 
-class _Scratch:
+class Scratch:
     """Buffers reused from slice to slice. Fresh large arrays each time would cost a page fault per 4 KiB
     (they come straight from mmap), which measured slower than the arithmetic itself."""
 
@@ -35,7 +35,7 @@ class _Scratch:
         return buffer[:size].view(dtype).reshape(shape)
 
 
-def _block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray, scratch: _Scratch) -> None:
+def block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray, scratch: Scratch) -> None:
     """Mean over fr x fc blocks of `frame` into `out` (float32); the remainder at the far edges is cropped.
 
     Adds strided views instead of reshape().mean(), which is about 15x slower on a 512^2 slice."""
@@ -56,9 +56,7 @@ def _block_mean(frame: np.ndarray, fr: int, fc: int, out: np.ndarray, scratch: _
     out *= np.float32(1.0 / (fr * fc))
 
 
-def _read_native_frame(
-    source: _PixelSource, dtype: np.dtype[Any], frame: int, scratch: _Scratch
-) -> np.ndarray:
+def _read_native_frame(source: PixelSource, dtype: np.dtype[Any], frame: int, scratch: Scratch) -> np.ndarray:
     assert source.value_offset is not None
     arr = scratch.get("raw", (source.rows, source.cols), dtype)
     with open(source.path, "rb") as fp:
@@ -74,7 +72,7 @@ def _read_native_frame(
     return arr
 
 
-def _frames(source: _PixelSource, wanted: list[int | None], scratch: _Scratch) -> Iterable[np.ndarray]:
+def _frames(source: PixelSource, wanted: list[int | None], scratch: Scratch) -> Iterable[np.ndarray]:
     """The frames `wanted` of one file, in that order, one at a time (native ones in a reused buffer)."""
     dtype = source.raw_dtype
     if dtype is not None:
@@ -100,12 +98,12 @@ FRAMES_PER_TASK = 32  # a multi-frame object is decoded in chunks, so one task's
 class _FileTask:
     """Some slices of one file (all of a single-frame file; a chunk of frames of a multi-frame one)."""
 
-    source: _PixelSource
-    slots: list[tuple[int, _Slice]]  # (destination index, slice), in frame order
+    source: PixelSource
+    slots: list[tuple[int, SliceHeader]]  # (destination index, slice), in frame order
 
 
 def _decode_into(
-    task: _FileTask, fr: int, fc: int, target: Callable[[int], np.ndarray], scratch: _Scratch
+    task: _FileTask, fr: int, fc: int, target: Callable[[int], np.ndarray], scratch: Scratch
 ) -> tuple[int, str | None]:
     """Decode, pad-correct, downsample and rescale the slices of one task, each into `target(dest)`, one
     full-resolution frame at a time. Returns how many slots were done (in order) and the error if any."""
@@ -130,13 +128,13 @@ def _decode_into(
                     np.copyto(frame, raw, casting="unsafe")
                     frame[mask] = (AIR_HU - s.intercept) / s.slope
             out = target(dest)
-            _block_mean(frame, fr, fc, out, scratch)
+            block_mean(frame, fr, fc, out, scratch)
             if s.slope != 1.0:
                 out *= np.float32(s.slope)
             if s.intercept != 0.0:
                 out += np.float32(s.intercept)
             done += 1
-    except _INPUT_ERRORS as exc:
+    except INPUT_ERRORS as exc:
         return done, f"{source.path.name}: {exc}"
     return done, None
 
@@ -153,13 +151,13 @@ def _run_file_task(task: _FileTask, fr: int, fc: int, out_shape: tuple[int, int]
     """_decode_into a fresh array: the form a worker process runs (module level, so it pickles)."""
     chunk = np.empty((len(task.slots), *out_shape), dtype=np.float32)
     index = {dest: i for i, (dest, _) in enumerate(task.slots)}
-    done, error = _decode_into(task, fr, fc, lambda dest: chunk[index[dest]], _Scratch())
+    done, error = _decode_into(task, fr, fc, lambda dest: chunk[index[dest]], Scratch())
     dests = [dest for dest, _ in task.slots]
     return _TaskResult(dests[:done], chunk[:done], dests[done:], error)
 
 
-def _pixel_tasks(slices: list[_Slice]) -> list[_FileTask]:
-    by_file: dict[Path, list[tuple[int, _Slice]]] = {}
+def pixel_tasks(slices: list[SliceHeader]) -> list[_FileTask]:
+    by_file: dict[Path, list[tuple[int, SliceHeader]]] = {}
     for dest, s in enumerate(slices):
         by_file.setdefault(s.source.path, []).append((dest, s))
     tasks = []
@@ -171,14 +169,14 @@ def _pixel_tasks(slices: list[_Slice]) -> list[_FileTask]:
     return tasks
 
 
-def _pixel_pass(
+def pixel_pass(
     tasks: list[_FileTask], voxels: np.ndarray, fr: int, fc: int, executor: Executor | None, in_flight: int
 ) -> list[int]:
     """Fill `voxels` from the tasks; returns the slots that failed. Tasks that need a decoder go to
     `executor` when there is one, at most `in_flight` at a time (bounded memory); the rest run here and
     write straight into `voxels`."""
     failed: list[int] = []
-    scratch = _Scratch()
+    scratch = Scratch()
 
     def note_error(error: str | None) -> None:
         if error is not None:
@@ -214,7 +212,7 @@ def downsample_factor(rows: int, cols: int, max_in_plane: int) -> int:
     return max(1, math.ceil(max(rows, cols) / max_in_plane))
 
 
-def _plane_factors(rows: int, cols: int, max_in_plane: int) -> tuple[int, int, int, int, int]:
+def plane_factors(rows: int, cols: int, max_in_plane: int) -> tuple[int, int, int, int, int]:
     """(f, factor along rows, factor along cols, output rows, output cols)."""
     f = downsample_factor(rows, cols, max_in_plane)
     fr, fc = min(f, rows), min(f, cols)  # a dimension shorter than f collapses to one voxel

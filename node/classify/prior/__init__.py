@@ -20,9 +20,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from node.classify.prior.axis import Orientation, _axis, orientation_of
+from node.classify.prior.axis import Orientation, axis_answer, orientation_of
 from node.classify.prior.body_part import (
-    _body_part,
+    body_part_answer,
     body_part_from_examined,
     body_part_from_text,
     body_parts_overlap,
@@ -54,7 +54,7 @@ from node.classify.prior.confidences import (
     STUDY_LEVEL_CONTRAST_PENALTY,
     STUDY_LEVEL_SOURCES,
 )
-from node.classify.prior.contrast import ContrastSays, _contrast, contrast_from_text
+from node.classify.prior.contrast import ContrastSays, contrast_answer, contrast_from_text
 from node.classify.prior.results import PRIOR_VERSION, UNKNOWN, Prior, PriorAnswer
 from node.classify.prior.text import TextMatch, words_of
 
@@ -118,11 +118,11 @@ def read_prior(
     axis is flagged oblique; the label stays the nearest axis, and a rotation about the left-right axis
     up to `gantry_tilt_limit_degrees` (a gantry tilt) keeps a high confidence.
     """
-    axis, obliquity, oblique = _axis(header, iops, oblique_tolerance_degrees, gantry_tilt_limit_degrees)
+    axis, obliquity, oblique = axis_answer(header, iops, oblique_tolerance_degrees, gantry_tilt_limit_degrees)
     return Prior(
-        body_part=_body_part(header),
+        body_part=body_part_answer(header),
         axis=axis,
-        contrast=_contrast(header),
+        contrast=contrast_answer(header),
         axis_obliquity_degrees=obliquity,
         axis_oblique=oblique,
     )

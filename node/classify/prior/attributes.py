@@ -8,7 +8,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 
-def _text_value(header: Dataset, keyword: str) -> str:
+def attribute_text(header: Dataset, keyword: str) -> str:
     value = header.get(keyword)
     if value is None:
         return ""
@@ -20,7 +20,7 @@ def _text_value(header: Dataset, keyword: str) -> str:
     return value.strip()
 
 
-def _number(value: Any) -> float | None:
+def attribute_number(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -11,8 +11,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from node.classify.labels import AXES
-from node.classify.prior.attributes import _number, _text_value
-from node.classify.prior.combine import _combine, _Vote
+from node.classify.prior.attributes import attribute_number, attribute_text
+from node.classify.prior.combine import Vote, combine_votes
 from node.classify.prior.confidences import (
     AXIS_GANTRY_TILT_CONFIDENCE,
     AXIS_IMAGE_TYPE_CONFIDENCE,
@@ -20,7 +20,7 @@ from node.classify.prior.confidences import (
     AXIS_TEXT_CONFIDENCE,
 )
 from node.classify.prior.results import PriorAnswer
-from node.classify.prior.text import _quote, _scan, _shown, words_of
+from node.classify.prior.text import quote_words, scan_text, shown_text, words_of
 
 _AXIS_OF_INDEX = ("sagittal", "coronal", "axial")  # LPS x, y, z: the axis the slice normal runs along
 _PATIENT_AXIS = ("x", "y", "z")
@@ -44,7 +44,7 @@ def orientation_of(iop: Sequence[Any]) -> Orientation | None:
     making two non-parallel directions."""
     if len(iop) != 6:
         return None
-    values = [_number(v) for v in iop]
+    values = [attribute_number(v) for v in iop]
     if any(v is None for v in values):
         return None
     row = [float(v) for v in values[:3] if v is not None]
@@ -89,7 +89,7 @@ def _per_frame_iops(header: Dataset) -> list[Any]:
     return out
 
 
-def _axis(
+def axis_answer(
     header: Dataset,
     iops: Iterable[Sequence[Any]] | None,
     tolerance: float,
@@ -129,7 +129,7 @@ def _axis(
             f"; beyond the {tolerance:g}° tolerance but a rotation about the left-right axis within "
             f"{tilt_limit:g}°, as a gantry tilt makes: axial, flagged oblique"
         )
-        tilt = _number(header.get("GantryDetectorTilt"))
+        tilt = attribute_number(header.get("GantryDetectorTilt"))
         if tilt is not None and tilt != 0.0:
             evidence += f" (GantryDetectorTilt {tilt:g})"
     else:
@@ -173,25 +173,25 @@ for _label, _words in (
 
 
 def _axis_without_iop(header: Dataset) -> PriorAnswer:
-    votes: list[_Vote] = []
+    votes: list[Vote] = []
     for keyword in ("SeriesDescription", "ProtocolName"):
-        text = _text_value(header, keyword)
+        text = attribute_text(header, keyword)
         if not text:
             continue
-        hits = _scan(words_of(text), _AXIS_WORDS)
+        hits = scan_text(words_of(text), _AXIS_WORDS)
         said = {label for _, label in hits}
-        shown = _quote([_shown(k) for k, _ in hits])
+        shown = quote_words([shown_text(k) for k, _ in hits])
         if len(said) == 1:
             label = said.pop()
-            votes.append(_Vote(label, AXIS_TEXT_CONFIDENCE, keyword, f"{keyword} {shown} -> {label}"))
+            votes.append(Vote(label, AXIS_TEXT_CONFIDENCE, keyword, f"{keyword} {shown} -> {label}"))
         elif said:
-            votes.append(_Vote(None, 0.0, keyword, f"{keyword} {shown}: several planes"))
+            votes.append(Vote(None, 0.0, keyword, f"{keyword} {shown}: several planes"))
     image_type = [str(v).strip().upper() for v in (header.get("ImageType") or ())]
     if "LOCALIZER" in image_type:
-        votes.append(_Vote(None, 0.0, "ImageType", "ImageType LOCALIZER: a projection, no slice plane"))
+        votes.append(Vote(None, 0.0, "ImageType", "ImageType LOCALIZER: a projection, no slice plane"))
     elif "AXIAL" in image_type:
-        votes.append(_Vote("axial", AXIS_IMAGE_TYPE_CONFIDENCE, "ImageType", "ImageType 'AXIAL' -> axial"))
-    answer = _combine(
+        votes.append(Vote("axial", AXIS_IMAGE_TYPE_CONFIDENCE, "ImageType", "ImageType 'AXIAL' -> axial"))
+    answer = combine_votes(
         votes, nothing="no ImageOrientationPatient, and no plane words in ImageType or descriptions"
     )
     if answer.label is None:

@@ -8,20 +8,20 @@ from collections.abc import Iterable, Sequence
 from pydicom.dataset import Dataset
 
 from node.classify.labels import BODY_PARTS
-from node.classify.prior.attributes import _text_value
+from node.classify.prior.attributes import attribute_text
 from node.classify.prior.body_vocabulary import (
-    _BODY_PART_EXAMINED,
-    _BODY_TABLE,
-    _CONNECTORS,
-    _LEVEL_ATOM,
-    _LEVEL_WORDS_AFTER,
-    _LEVELS,
-    _SPINE_WORDS,
+    BODY_PART_EXAMINED,
+    BODY_TABLE,
     CLASS_ATOMS,
     COARSE_REGIONS,
+    CONNECTORS,
+    LEVEL_ATOM,
+    LEVEL_WORDS_AFTER,
+    LEVELS,
+    SPINE_WORDS,
     Kind,
 )
-from node.classify.prior.combine import _combine, _match_vote, _Vote
+from node.classify.prior.combine import Vote, combine_votes, match_vote
 from node.classify.prior.confidences import (
     BODY_PART_EXAMINED_CONFIDENCE,
     BODY_PART_NEAR_CONFIDENCE,
@@ -30,26 +30,26 @@ from node.classify.prior.confidences import (
     KIND_PENALTY,
 )
 from node.classify.prior.results import PriorAnswer
-from node.classify.prior.text import TextMatch, _match_at, _short, _shown, words_of
+from node.classify.prior.text import TextMatch, match_at, shortened, shown_text, words_of
 
 
 def _spine_at(words: Sequence[str], i: int) -> tuple[int, frozenset[str]] | None:
     """A spine phrase starting at words[i]: (number of words, atoms), or None."""
     j = i
     levels = ""
-    while j < len(words) and (words[j] in _LEVELS or (levels and words[j] in _CONNECTORS)):
-        levels += _LEVELS.get(words[j], "")
+    while j < len(words) and (words[j] in LEVELS or (levels and words[j] in CONNECTORS)):
+        levels += LEVELS.get(words[j], "")
         j += 1
-    if levels and j < len(words) and words[j] in _SPINE_WORDS:
-        return j + 1 - i, frozenset(_LEVEL_ATOM[c] for c in levels)
-    if words[i] in _SPINE_WORDS:
+    if levels and j < len(words) and words[j] in SPINE_WORDS:
+        return j + 1 - i, frozenset(LEVEL_ATOM[c] for c in levels)
+    if words[i] in SPINE_WORDS:
         j = i + 1
         levels = ""
-        while j < len(words) and (words[j] in _LEVEL_WORDS_AFTER or (levels and words[j] in _CONNECTORS)):
-            levels += _LEVELS.get(words[j], "")
+        while j < len(words) and (words[j] in LEVEL_WORDS_AFTER or (levels and words[j] in CONNECTORS)):
+            levels += LEVELS.get(words[j], "")
             j += 1
         if levels:
-            return j - i, frozenset(_LEVEL_ATOM[c] for c in levels)
+            return j - i, frozenset(LEVEL_ATOM[c] for c in levels)
     return None
 
 
@@ -84,7 +84,7 @@ def body_part_from_text(text: str) -> TextMatch:
             matched.append((tuple(words[i : i + n]), atoms, "region"))
             i += n
             continue
-        hit = _match_at(words, i, _BODY_TABLE)
+        hit = match_at(words, i, BODY_TABLE)
         if hit is None:
             i += 1
             continue
@@ -93,7 +93,7 @@ def body_part_from_text(text: str) -> TextMatch:
         i += len(key)
     if not matched:
         return TextMatch(None, ())
-    shown = tuple(_shown(key) for key, _, _ in matched)
+    shown = tuple(shown_text(key) for key, _, _ in matched)
     atoms = frozenset().union(*(a for _, a, _ in matched))
     # An organ word adds nothing indirect when a region word already covers it ("ABDOMEN PELVIS
     # ENTEROGRAPHY" is a region match).
@@ -118,8 +118,8 @@ def body_part_from_text(text: str) -> TextMatch:
 def body_part_from_examined(value: str) -> TextMatch:
     """What a BodyPartExamined value says: a defined term by table, anything else as free text."""
     term = value.strip().upper()
-    if term in _BODY_PART_EXAMINED:
-        atoms, kind = _BODY_PART_EXAMINED[term]
+    if term in BODY_PART_EXAMINED:
+        atoms, kind = BODY_PART_EXAMINED[term]
         if not atoms:
             return TextMatch(None, (term,), "a body part outside the vocabulary, with no class near it")
         label, closest = class_for_atoms(atoms)
@@ -143,24 +143,24 @@ def body_parts_overlap(a: str, b: str) -> bool:
     return bool(CLASS_ATOMS[a] & CLASS_ATOMS[b]) or bool(COARSE_REGIONS[a] & COARSE_REGIONS[b])
 
 
-def _body_part(header: Dataset) -> PriorAnswer:
-    votes: list[_Vote] = []
-    examined = _text_value(header, "BodyPartExamined")
+def body_part_answer(header: Dataset) -> PriorAnswer:
+    votes: list[Vote] = []
+    examined = attribute_text(header, "BodyPartExamined")
     if examined:
         match = body_part_from_examined(examined)
         if match.words:
             confidence = BODY_PART_EXAMINED_CONFIDENCE - match.penalty
-            votes.append(_match_vote(match, "BodyPartExamined", confidence))
+            votes.append(match_vote(match, "BodyPartExamined", confidence))
         else:
-            note = f"BodyPartExamined '{_short(examined, 16)}': no body part word of the vocabulary"
-            votes.append(_Vote(None, 0.0, "BodyPartExamined", note))
+            note = f"BodyPartExamined '{shortened(examined, 16)}': no body part word of the vocabulary"
+            votes.append(Vote(None, 0.0, "BodyPartExamined", note))
     for keyword, base in DESCRIPTION_SOURCES:
-        text = _text_value(header, keyword)
+        text = attribute_text(header, keyword)
         if not text:
             continue
         match = body_part_from_text(text)
         if match.words:
-            votes.append(_match_vote(match, keyword, base - match.penalty))
-    return _combine(
+            votes.append(match_vote(match, keyword, base - match.penalty))
+    return combine_votes(
         votes, body_parts_overlap, nothing="no body part words in BodyPartExamined or descriptions"
     )

@@ -100,7 +100,7 @@ _add("WHOLEBODY,WHOLE BODY,GANZKOERPER", _CAP, "near")
 # Spine levels: the words before SPINE ("C T SPINE" from C-T SPINE, "CERVICAL AND THORACIC SPINE") or
 # after it ("SPINE LUMBAR"). Single letters count only next to SPINE. "CT SPINE" is a CT of the spine
 # (no level): CT is not a level word, while C-T SPINE splits into C, T.
-_LEVELS: dict[str, str] = {
+LEVELS: dict[str, str] = {
     "C": "C",
     "T": "T",
     "D": "T",
@@ -116,13 +116,13 @@ _LEVELS: dict[str, str] = {
     "CERVICOTHORACIC": "CT",
     "THORACOLUMBAR": "TL",
 }
-_LEVEL_WORDS_AFTER = frozenset({"CERVICAL", "THORACIC", "DORSAL", "LUMBAR", "LUMBOSACRAL"})
-_CONNECTORS = frozenset({"AND", "TO", "UND", "I"})
-_SPINE_WORDS = frozenset({"SPINE", "SPINAL", "SP", "WS"})
-_LEVEL_ATOM = {"C": "CSPINE", "T": "TSPINE", "L": "LSPINE"}
+LEVEL_WORDS_AFTER = frozenset({"CERVICAL", "THORACIC", "DORSAL", "LUMBAR", "LUMBOSACRAL"})
+CONNECTORS = frozenset({"AND", "TO", "UND", "I"})
+SPINE_WORDS = frozenset({"SPINE", "SPINAL", "SP", "WS"})
+LEVEL_ATOM = {"C": "CSPINE", "T": "TSPINE", "L": "LSPINE"}
 
 
-_BODY_TABLE: dict[tuple[str, ...], tuple[tuple[str, ...], Kind]] = {
+BODY_TABLE: dict[tuple[str, ...], tuple[tuple[str, ...], Kind]] = {
     tuple(phrase.split()): entry for phrase, entry in _BODY_PHRASES.items()
 }
 
@@ -130,7 +130,7 @@ _BODY_TABLE: dict[tuple[str, ...], tuple[tuple[str, ...], Kind]] = {
 # BodyPartExamined defined terms (PS3.16 Annex L) and common non-standard values -> (atoms, kind).
 # Terms whose region lies in no class, or spans several (NECKCHEST, SPINE, KNEE...), map to no atoms:
 # the prior then says unknown and the evidence says why.
-_BODY_PART_EXAMINED: dict[str, tuple[tuple[str, ...], Kind]] = {
+BODY_PART_EXAMINED: dict[str, tuple[tuple[str, ...], Kind]] = {
     "HEAD": (("HEAD",), "region"),
     "SKULL": (("HEAD",), "region"),
     "BRAIN": (("HEAD",), "region"),

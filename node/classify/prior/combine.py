@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from node.classify.prior.confidences import AGREE_BONUS, CONFLICT_PENALTY, MAX_COMBINED, MIN_COMBINED
 from node.classify.prior.results import PriorAnswer
-from node.classify.prior.text import TextMatch, _quote
+from node.classify.prior.text import TextMatch, quote_words
 
 
 @dataclass(frozen=True)
-class _Vote:
+class Vote:
     label: str | None  # None: the source was read but says nothing usable (the evidence says why)
     confidence: float
     source: str
@@ -23,8 +23,8 @@ def _clamp(value: float) -> float:
     return round(min(MAX_COMBINED, max(MIN_COMBINED, value)), 3)
 
 
-def _combine(
-    votes: Sequence[_Vote],
+def combine_votes(
+    votes: Sequence[Vote],
     related: Callable[[str, str], bool] | None = None,
     *,
     nothing: str = "no evidence in the header",
@@ -68,9 +68,9 @@ def _combine(
     return PriorAnswer(winner, confidence, best.source, " | ".join(parts))
 
 
-def _match_vote(match: TextMatch, source: str, confidence: float) -> _Vote:
-    said = f"{source} {_quote(match.words)}"
+def match_vote(match: TextMatch, source: str, confidence: float) -> Vote:
+    said = f"{source} {quote_words(match.words)}"
     if match.label is None:
-        return _Vote(None, 0.0, source, f"{said}: {match.note}")
+        return Vote(None, 0.0, source, f"{said}: {match.note}")
     note = f" ({match.note})" if match.note else ""
-    return _Vote(match.label, round(confidence, 3), source, f"{said} -> {match.label}{note}")
+    return Vote(match.label, round(confidence, 3), source, f"{said} -> {match.label}{note}")

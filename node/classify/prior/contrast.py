@@ -9,8 +9,8 @@ from typing import Literal
 from pydicom.dataset import Dataset
 
 from node.classify.labels import CONTRAST
-from node.classify.prior.attributes import _number, _text_value
-from node.classify.prior.combine import _combine, _match_vote, _Vote
+from node.classify.prior.attributes import attribute_number, attribute_text
+from node.classify.prior.combine import Vote, combine_votes, match_vote
 from node.classify.prior.confidences import (
     CONTRAST_EXPLICIT,
     CONTRAST_IMPLIED,
@@ -23,7 +23,7 @@ from node.classify.prior.confidences import (
     STUDY_LEVEL_SOURCES,
 )
 from node.classify.prior.results import PriorAnswer
-from node.classify.prior.text import TextMatch, _scan, _short, _shown, words_of
+from node.classify.prior.text import TextMatch, scan_text, shortened, shown_text, words_of
 
 ContrastSays = Literal["yes", "no", "both", "oral"]
 _CONTRAST_TABLE: dict[tuple[str, ...], tuple[ContrastSays, bool]] = {}  # phrase -> (says, explicit)
@@ -78,10 +78,10 @@ _said(
 def contrast_from_text(text: str) -> TextMatch:
     """What a free-text value says about IV contrast: "yes", "no", or None with a note when it says
     both (W/WO), only oral contrast, or nothing."""
-    hits = _scan(words_of(text), _CONTRAST_TABLE)
+    hits = scan_text(words_of(text), _CONTRAST_TABLE)
     if not hits:
         return TextMatch(None, ())
-    shown = tuple(_shown(key) for key, _ in hits)
+    shown = tuple(shown_text(key) for key, _ in hits)
     says = {s for _, (s, _) in hits}
     if "both" in says or {"yes", "no"} <= says:
         return TextMatch(None, shown, "says both with and without contrast")
@@ -101,8 +101,8 @@ _ORAL_WORDS = frozenset({"ORAL", "PO", "RECTAL", "BARIUM", "GASTROGRAFIN", "ENTE
 _IV_WORDS = frozenset({"IV", "INTRAVENOUS", "INTRAVASCULAR", "VENOUS", "INTRAARTERIAL", "ARTERIAL", "IA"})
 
 
-def _contrast_tag_votes(header: Dataset) -> list[_Vote]:
-    votes: list[_Vote] = []
+def _contrast_tag_votes(header: Dataset) -> list[Vote]:
+    votes: list[Vote] = []
     # Enhanced CT / MR: the Contrast/Bolus Usage functional group says YES or NO per agent.
     groups = []
     for outer in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
@@ -115,12 +115,12 @@ def _contrast_tag_votes(header: Dataset) -> list[_Vote]:
             if administered in ("YES", "NO"):
                 label = "yes" if administered == "YES" else "no"
                 evidence = f"ContrastBolusUsageSequence ContrastBolusAgentAdministered {administered}"
-                votes.append(_Vote(label, CONTRAST_USAGE, "ContrastBolusUsageSequence", evidence))
+                votes.append(Vote(label, CONTRAST_USAGE, "ContrastBolusUsageSequence", evidence))
                 return votes
 
     filled: list[tuple[str, str]] = []  # (keyword, value) of the Contrast/Bolus attributes present
     for keyword in ("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusIngredient"):
-        value = _text_value(header, keyword)
+        value = attribute_text(header, keyword)
         if value:
             filled.append((keyword, value))
     for item in header.get("ContrastBolusAgentSequence", None) or ():
@@ -130,36 +130,34 @@ def _contrast_tag_votes(header: Dataset) -> list[_Vote]:
             filled.append(
                 ("ContrastBolusAdministrationRouteSequence", str(route.get("CodeMeaning", "")).strip())
             )
-    volume = _number(header.get("ContrastBolusVolume"))
+    volume = attribute_number(header.get("ContrastBolusVolume"))
     # Some scanners write volume 0 by default alongside an agent: a zero volume is not evidence.
     if volume is not None and volume > 0:
         filled.append(("ContrastBolusVolume", f"{volume:g}"))
     if not filled:
         return votes
 
-    said = "; ".join(f"{k} '{_short(v)}'" for k, v in filled)
+    said = "; ".join(f"{k} '{shortened(v)}'" for k, v in filled)
     agent = next((v for k, v in filled if k == "ContrastBolusAgent"), "")
     quantity = {"ContrastBolusVolume", "ContrastBolusIngredient"} & {k for k, _ in filled}
     if agent and " ".join(agent.upper().split()) in _NONE_AGENTS and not quantity:
-        evidence = f"ContrastBolusAgent '{_short(agent)}' says none"
-        return [_Vote("no", CONTRAST_TAG_NONE, "ContrastBolusAgent", evidence)]
+        evidence = f"ContrastBolusAgent '{shortened(agent)}' says none"
+        return [Vote("no", CONTRAST_TAG_NONE, "ContrastBolusAgent", evidence)]
     words = {w for _, v in filled for w in words_of(v)}
     iv = bool(words & _IV_WORDS)
     oral = bool(words & _ORAL_WORDS)
     source = filled[0][0]
     if oral and not iv:
-        return [
-            _Vote(None, 0.0, source, f"{said}: oral/rectal contrast only, says nothing about IV contrast")
-        ]
+        return [Vote(None, 0.0, source, f"{said}: oral/rectal contrast only, says nothing about IV contrast")]
     confidence = CONTRAST_TAG_IV if iv else CONTRAST_TAG
-    return [_Vote("yes", confidence, source, f"{said} -> yes" + (" (intravenous)" if iv else ""))]
+    return [Vote("yes", confidence, source, f"{said} -> yes" + (" (intravenous)" if iv else ""))]
 
 
-def _contrast(header: Dataset) -> PriorAnswer:
+def contrast_answer(header: Dataset) -> PriorAnswer:
     votes = _contrast_tag_votes(header)
     # Descriptions weigh by what they say (explicit or implied) and by level (series or study).
     for keyword, _ in DESCRIPTION_SOURCES:
-        text = _text_value(header, keyword)
+        text = attribute_text(header, keyword)
         if not text:
             continue
         match = contrast_from_text(text)
@@ -168,9 +166,9 @@ def _contrast(header: Dataset) -> PriorAnswer:
         confidence = CONTRAST_EXPLICIT - match.penalty
         if keyword in STUDY_LEVEL_SOURCES:
             confidence -= STUDY_LEVEL_CONTRAST_PENALTY
-        votes.append(_match_vote(match, keyword, confidence))
+        votes.append(match_vote(match, keyword, confidence))
     # Absent Contrast/Bolus attributes are not evidence of no contrast: many scanners never fill them.
-    return _combine(votes, nothing="no contrast attributes and no contrast words in descriptions")
+    return combine_votes(votes, nothing="no contrast attributes and no contrast words in descriptions")
 
 
 assert set(CONTRAST) == {"yes", "no"}

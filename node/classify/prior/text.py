@@ -52,12 +52,12 @@ def words_of(text: str) -> list[str]:
     return _WORD_RE.findall(upper)
 
 
-def _shown(phrase: Sequence[str]) -> str:
+def shown_text(phrase: Sequence[str]) -> str:
     """A matched phrase as the evidence quotes it."""
     return " ".join(_MARKER_TEXT.get(word, word) for word in phrase)
 
 
-def _match_at(
+def match_at(
     words: Sequence[str], i: int, table: dict[tuple[str, ...], V]
 ) -> tuple[tuple[str, ...], V] | None:
     """The longest phrase of `table` starting at words[i]."""
@@ -69,12 +69,12 @@ def _match_at(
     return None
 
 
-def _scan(words: Sequence[str], table: dict[tuple[str, ...], V]) -> list[tuple[tuple[str, ...], V]]:
+def scan_text(words: Sequence[str], table: dict[tuple[str, ...], V]) -> list[tuple[tuple[str, ...], V]]:
     """Longest-first, left-to-right, non-overlapping phrase matches of `table` in `words`."""
     found: list[tuple[tuple[str, ...], V]] = []
     i = 0
     while i < len(words):
-        hit = _match_at(words, i, table)
+        hit = match_at(words, i, table)
         if hit is None:
             i += 1
         else:
@@ -83,10 +83,10 @@ def _scan(words: Sequence[str], table: dict[tuple[str, ...], V]) -> list[tuple[t
     return found
 
 
-def _quote(words: Sequence[str]) -> str:
+def quote_words(words: Sequence[str]) -> str:
     return ", ".join(f"'{w}'" for w in words)
 
 
-def _short(value: str, limit: int = 40) -> str:
+def shortened(value: str, limit: int = 40) -> str:
     value = " ".join(value.split())
     return value if len(value) <= limit else value[: limit - 3] + "..."

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from node.app import NodeService
 from node.config import Settings
@@ -140,7 +141,7 @@ class NodeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NodeProcess:
-        from tests.peers import _tcp_accepts
+        from tests.peers import tcp_accepts
 
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -151,7 +152,7 @@ class NodeProcess:
         log.close()
         proc = self.process
         wait_for(
-            lambda: _tcp_accepts(self.port) or proc.poll() is not None, timeout=60, what="node to listen"
+            lambda: tcp_accepts(self.port) or proc.poll() is not None, timeout=60, what="node to listen"
         )
         if proc.poll() is not None:
             raise AssertionError(f"node exited: {self.log_path.read_text()[-3000:]}")
@@ -193,3 +194,17 @@ def node_process(
         yield proc
     finally:
         proc.stop()
+
+
+def recording_sink(received: list[str]) -> tuple[AE, int]:
+    """A pynetdicom storage SCP on a free port that records SOP Instance UIDs."""
+    ae = AE(ae_title="SINK")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax)
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return ae, int(server.server_address[1])

@@ -116,7 +116,7 @@ def require_binary(name: str) -> str:
     return path
 
 
-def _tcp_accepts(port: int, host: str = "127.0.0.1") -> bool:
+def tcp_accepts(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -191,7 +191,7 @@ def run_storescp(
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TCP_NODELAY": "1"})
     try:
-        _wait_until(lambda: _tcp_accepts(port), f"storescp on port {port}", proc, log)
+        _wait_until(lambda: tcp_accepts(port), f"storescp on port {port}", proc, log)
         yield StoreScp(port=port, ae_title=ae_title, out_dir=out_dir, log=log, process=proc)
     finally:
         _stop(proc)
@@ -315,7 +315,7 @@ def run_orthanc(
             orthanc.rest.system()
         except (OSError, urllib.error.URLError, ValueError):
             return False
-        return _tcp_accepts(dicom_port)
+        return tcp_accepts(dicom_port)
 
     try:
         _wait_until(ready, f"Orthanc (HTTP {http_port}, DICOM {dicom_port})", proc, log)

@@ -7,8 +7,6 @@ import signal
 from pathlib import Path
 
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import select
 
 from node import retention
@@ -19,6 +17,7 @@ from tests.nodeutil import (
     NodeProcess,
     make_settings,
     node_process_settings,
+    recording_sink,
     running_node,
     store,
     synthetic_ct,
@@ -27,23 +26,9 @@ from tests.nodeutil import (
 from tests.peers import free_port
 
 
-def _sink(received: list[str]) -> tuple[AE, int]:
-    """A pynetdicom storage SCP on a free port that records SOP Instance UIDs."""
-    ae = AE(ae_title="SINK")
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax)
-
-    def on_store(event: evt.Event) -> int:
-        received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
-
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    return ae, int(server.server_address[1])
-
-
 def test_reload_keeps_old_rules_when_new_file_is_invalid(tmp_path: Path) -> None:
     received: list[str] = []
-    sink, port = _sink(received)
+    sink, port = recording_sink(received)
     rules = write_rules(
         tmp_path / "rules.yaml", {"sink": {"ae_title": "SINK", "host": "127.0.0.1", "port": port}}
     )
@@ -115,7 +100,7 @@ def test_cli_series_complete_marks_complete_once(tmp_path: Path) -> None:
 
 def test_retention_deletes_files_only_after_delivery(tmp_path: Path) -> None:
     received: list[str] = []
-    sink, port = _sink(received)
+    sink, port = recording_sink(received)
     rules = write_rules(
         tmp_path / "rules.yaml", {"sink": {"ae_title": "SINK", "host": "127.0.0.1", "port": port}}
     )

@@ -8,14 +8,13 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 
 from node.audit_query import series_story
-from tests.integration.test_lifecycle import _sink
 from tests.interop.e2e import all_delivered, write_rules
-from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
+from tests.nodeutil import make_settings, recording_sink, running_node, store, synthetic_ct, wait_for
 
 
 def test_full_path_with_concurrent_senders(tmp_path: Path, db_url: str) -> None:
     received: list[str] = []
-    sink, port = _sink(received)
+    sink, port = recording_sink(received)
     rules = write_rules(
         tmp_path / "rules.yaml", {"sink": {"ae_title": "SINK", "host": "127.0.0.1", "port": port}}
     )

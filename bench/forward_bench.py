@@ -4,7 +4,7 @@
 
 Each round sends the files of one CT series (as spooled: one Part 10 file per instance) to one dcmtk
 storescp three times: with dcmtk storescu (TCP_NODELAY=1), with the node's sender as configured
-(C-STORE fast path, node/forward/wire.py) and with the node's sender using pynetdicom's own
+(C-STORE fast path, node/deliver/wire.py) and with the node's sender using pynetdicom's own
 send_c_store (fast_path=False). Prints images/s for each (best of --repeat rounds) and the ratios.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.config import ForwardSettings  # noqa: E402
-from node.destinations import DimseDestination  # noqa: E402
-from node.forward.dimse import DimseSender  # noqa: E402
-from node.netloop import install_poll_delay  # noqa: E402
+from node.deliver.destinations import DimseDestination  # noqa: E402
+from node.deliver.dimse import DimseSender  # noqa: E402
+from node.pynetdicom_tuning import install_poll_delay  # noqa: E402
 from tests.peers import ct_files, instance_files, require_binary, run_storescp  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--series", default="itkelastix_chest")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--poll-delay", type=float, default=0.0001,
-                        help="node.netloop poll delay as the node runs it (0: stock 1 ms loops)")
+                        help="node.pynetdicom_tuning poll delay as the node runs it (0: stock 1 ms loops)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.poll_delay > 0:

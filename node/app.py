@@ -27,12 +27,12 @@ from node.config import Settings
 from node.db.migrate import upgrade
 from node.db.models import JobKind
 from node.db.session import make_engine, make_session_factory
-from node.delivery import Deliverer
-from node.forward.dimse import DimseSender
-from node.ingest import Ingest
+from node.deliver.deliverer import Deliverer
+from node.deliver.dimse import DimseSender
+from node.receive.ingest import Ingest
+from node.receive.scp import StorageSCP
+from node.receive.spool import Spool
 from node.routing import Router, RulesHolder, reload_rules
-from node.scp import StorageSCP
-from node.spool import Spool
 from node.tracker import CompletionTracker
 from node.workers import JobWorker
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from node.classify.training_cli import add_training_commands
 from node.config import Settings, load_settings
 from node.errors import ConfigError, NodeError
+from node.training.cli import add_training_commands
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from node.rules_dryrun import cmd_rules_check as check
+    from node.rules.dryrun import cmd_rules_check as check
 
     path = Path(args.path) if args.path else _rules_path(args, _settings(args))
     return check(path)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from node.rules_dryrun import cmd_rules_test as dry_run
+    from node.rules.dryrun import cmd_rules_test as dry_run
 
     settings = _settings(args)
     analyser = None
@@ -113,14 +113,14 @@ def cmd_series_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_series(args: argparse.Namespace) -> int:
-    from node.audit_query import cmd_audit_series as show
+    from node.audit.query import cmd_audit_series as show
 
     with _session(args) as session:
         return show(session, args.uid, args.json, all_events=args.all)
 
 
 def cmd_audit_recent(args: argparse.Namespace) -> int:
-    from node.audit_query import cmd_audit_recent as recent
+    from node.audit.query import cmd_audit_recent as recent
 
     with _session(args) as session:
         return recent(session, args.limit, args.event, args.since, args.json)

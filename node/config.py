@@ -36,7 +36,7 @@ class ReceiveSettings(_Strict):
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
-    # pynetdicom polls its sockets with a sleep per loop; see node/netloop.py.
+    # pynetdicom polls its sockets with a sleep per loop; see node/pynetdicom_tuning.py.
     poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
 
     @field_validator("ae_title")

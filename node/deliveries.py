@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from node.audit_query import (
+from node.audit.query import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,

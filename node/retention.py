@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from node import audit
 from node.audit import Events
 from node.db.models import Instance, Job, JobState, Series, SeriesState, utcnow
-from node.spool import Spool
+from node.receive.spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -21,33 +20,10 @@ from node.audit import Events
 from node.db.models import Instance, Job, JobKind, Series, SeriesState
 from node.errors import RulesError
 from node.facts import SeriesFacts
-from node.rules import RuleSet, evaluate, load_rules
-from node.spool import Spool
+from node.receive.spool import Spool
+from node.rules import RulesHolder, evaluate
 
 logger = logging.getLogger(__name__)
-
-
-class RulesHolder:
-    """The rule set in force. Reloading swaps it atomically; work in flight keeps the set it took."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._rules: RuleSet | None = load_rules(path) if path is not None else None
-
-    @property
-    def current(self) -> RuleSet | None:
-        with self._lock:
-            return self._rules
-
-    def reload(self) -> RuleSet | None:
-        """Load the file again. Raises RulesError (the old set stays in force) when it is invalid."""
-        if self.path is None:
-            return None
-        rules = load_rules(self.path)
-        with self._lock:
-            self._rules = rules
-        return rules
 
 
 def read_header(spool: Spool, instance: Instance) -> pydicom.Dataset:

@@ -18,7 +18,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from node.app import NodeService
 from node.config import Settings
-from node.netloop import CONN_OPEN_HANDLERS
+from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
 
 T = TypeVar("T")
 

@@ -49,7 +49,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
-from node.forward.base import InstanceFile
+from node.deliver.base import InstanceFile
 from tests.conftest import peer_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from node.classify.augment import View, reformat  # noqa: E402
-from node.classify.dataset import load_volume, read_manifest  # noqa: E402
+from node.training.augment import View, reformat  # noqa: E402
+from node.training.dataset import load_volume, read_manifest  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

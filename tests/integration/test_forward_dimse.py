@@ -21,9 +21,9 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from node.config import ForwardSettings
-from node.destinations import DimseDestination
-from node.forward.base import InstanceFile
-from node.forward.dimse import DimseSender
+from node.deliver.base import InstanceFile
+from node.deliver.destinations import DimseDestination
+from node.deliver.dimse import DimseSender
 from tests.peers import free_port, in_process_scp, make_series
 
 FAST = ForwardSettings(dimse_timeout=1.0, acse_timeout=2.0, network_timeout=5.0, stall_retries=2)
@@ -31,7 +31,7 @@ FAST = ForwardSettings(dimse_timeout=1.0, acse_timeout=2.0, network_timeout=5.0,
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "send_c_store"])
 def fast_path(request: pytest.FixtureRequest) -> bool:
-    """Every test runs with the C-STORE fast path (node.forward.wire) and with pynetdicom's send_c_store."""
+    """Every test runs with the C-STORE fast path (node.deliver.wire) and with pynetdicom's send_c_store."""
     return bool(request.param)
 
 

@@ -10,9 +10,9 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import Association
 
-from node.destinations import DimseDestination
-from node.forward.base import InstanceFile, is_delivered, status_is_retryable
-from node.forward.dimse import (
+from node.deliver.base import InstanceFile, is_delivered, status_is_retryable
+from node.deliver.destinations import DimseDestination
+from node.deliver.dimse import (
     describe_status,
     guard_responses,
     offered_syntaxes,

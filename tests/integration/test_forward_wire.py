@@ -1,4 +1,4 @@
-"""node.forward.wire against pynetdicom's own encoders: same command bytes, same data set offset."""
+"""node.deliver.wire against pynetdicom's own encoders: same command bytes, same data set offset."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
-from node.forward.wire import c_store_command, dataset_offset, pdata_header
+from node.deliver.wire import c_store_command, dataset_offset, pdata_header
 from tests.peers import make_series
 
 

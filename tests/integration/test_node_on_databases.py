@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from node.audit_query import series_story
+from node.audit.query import series_story
 from tests.interop.e2e import all_delivered, write_rules
 from tests.nodeutil import make_settings, recording_sink, running_node, store, synthetic_ct, wait_for
 

@@ -9,7 +9,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from node.db.models import AuditEvent, Instance, Job, Series
-from node.ingest import STATUS_INVALID_UID
+from node.receive.ingest import STATUS_INVALID_UID
 from tests.nodeutil import make_settings, running_node, scu, store, synthetic_ct, wait_for
 
 

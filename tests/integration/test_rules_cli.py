@@ -12,7 +12,7 @@ import pytest
 
 from node.classify.labels import BODY_PARTS
 from node.rules import evaluate, load_rules
-from node.rules_dryrun import check, cmd_rules_check, cmd_rules_test, dry_run, facts_from_dataset, scan
+from node.rules.dryrun import check, cmd_rules_check, cmd_rules_test, dry_run, facts_from_dataset, scan
 
 REPO = Path(__file__).resolve().parents[2]
 CT_DATA = REPO.parent / "shared" / "data" / "ct"

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from node.config import Settings
 from node.db.models import AuditEvent, Instance, Job, JobState, Series
 from node.db.session import make_engine, make_session_factory
-from node.netloop import CONN_OPEN_HANDLERS
+from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
 from tests.interop.e2e import pixels_by_sop, storescu, write_rules
 from tests.nodeutil import NodeProcess, node_process_settings, scu, wait_for
 from tests.peers import ct_files, free_port, run_storescp

@@ -16,9 +16,9 @@ from pydicom.uid import (
 )
 
 from node.config import ForwardSettings
-from node.destinations import DimseDestination
-from node.forward.base import InstanceFile
-from node.forward.dimse import DimseSender
+from node.deliver.base import InstanceFile
+from node.deliver.destinations import DimseDestination
+from node.deliver.dimse import DimseSender
 from tests.peers import StoreScp, ct_files, instance_files, require_binary, run_storescp
 
 pytestmark = pytest.mark.interop

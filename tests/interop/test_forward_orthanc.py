@@ -9,8 +9,8 @@ import pytest
 from pydicom import dcmread
 
 from node.config import ForwardSettings
-from node.destinations import DimseDestination
-from node.forward.dimse import DimseSender
+from node.deliver.destinations import DimseDestination
+from node.deliver.dimse import DimseSender
 from tests.peers import ct_files, instance_files, run_orthanc
 
 pytestmark = pytest.mark.interop

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from node import audit
 from node.audit import Events
-from node.audit_query import (
+from node.audit.query import (
     cmd_audit_recent,
     cmd_audit_series,
     iso,

@@ -333,7 +333,7 @@ def test_cmd_deliveries_retry_exit_codes_and_messages(
 
 
 def test_requeue_audit_row_shows_in_the_series_story(session: Session, ids: dict[str, int]) -> None:
-    from node.audit_query import series_story
+    from node.audit.query import series_story
 
     audit.record(
         session,

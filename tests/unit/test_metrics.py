@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from node.classify.metrics import (
+from node.training.metrics import (
     Prediction,
     Proportion,
     compute_metrics,

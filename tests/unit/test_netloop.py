@@ -1,4 +1,4 @@
-"""The pynetdicom seams in node/netloop.py still apply to the installed pynetdicom."""
+"""The pynetdicom seams in node/pynetdicom_tuning.py still apply to the installed pynetdicom."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 from pynetdicom import association, dul, transport
 
-from node import netloop
+from node import pynetdicom_tuning as netloop
 
 
 def test_association_reactor_sleeps_through_module_time() -> None:

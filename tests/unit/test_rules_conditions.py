@@ -9,8 +9,8 @@ from pydantic import TypeAdapter, ValidationError
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from node.facts import SeriesFacts
-from node.rules_conditions import Condition, LeafTrace
-from node.rules_fields import parse_field
+from node.rules.conditions import Condition, LeafTrace
+from node.rules.fields import parse_field
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Condition)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from node.errors import RulesError
-from node.rules import RulesFileError, load_rules, schema_text
-from node.rules_yaml import load_yaml
+from node.rules import RulesFileError, load_rules
+from node.rules.schema import schema_text
+from node.yaml_lines import load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -220,7 +221,7 @@ def test_repository_rules_are_valid() -> None:
 
 def test_schema_is_up_to_date() -> None:
     committed = (REPO / "rules" / "schema.json").read_text(encoding="utf-8")
-    assert committed == schema_text(), "regenerate with: python -m node.rules > rules/schema.json"
+    assert committed == schema_text(), "regenerate with: python -m node.rules.schema > rules/schema.json"
 
 
 def test_schema_accepts_the_examples_and_rejects_a_bad_condition() -> None:

@@ -21,7 +21,7 @@ from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
 from node.errors import InvalidUIDError, SpoolError
-from node.spool import PendingFile, Spool
+from node.receive.spool import PendingFile, Spool
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)

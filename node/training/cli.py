@@ -56,8 +56,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> object:
-    from node.classify.augment import NO_AUGMENTATION, AugmentConfig
-    from node.classify.train import TrainConfig
+    from node.training.augment import NO_AUGMENTATION, AugmentConfig
+    from node.training.train import TrainConfig
 
     return TrainConfig(
         manifest=args.manifest,
@@ -90,7 +90,7 @@ def _config(args: argparse.Namespace) -> object:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from node.classify.train import TrainConfig, train
+    from node.training.train import TrainConfig, train
 
     config = _config(args)
     assert isinstance(config, TrainConfig)
@@ -99,8 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
-    from node.classify.crossval import crossval
-    from node.classify.train import TrainConfig
+    from node.training.crossval import crossval
+    from node.training.train import TrainConfig
 
     config = _config(args)
     assert isinstance(config, TrainConfig)
@@ -109,8 +109,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from node.classify.evaluate import evaluate
     from node.classify.package import ModelPackageError
+    from node.training.evaluate import evaluate
 
     try:
         evaluate(

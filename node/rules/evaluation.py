@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from node.facts import SeriesFacts
-from node.rules_conditions import REDACTED, ConditionTrace, GroupTrace, LeafTrace, show
+from node.rules.conditions import REDACTED, ConditionTrace, GroupTrace, LeafTrace, show
 
 if TYPE_CHECKING:
     from node.rules import RuleSet

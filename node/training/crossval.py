@@ -19,11 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from node.classify.evaluate import read_predictions, report, write_predictions
 from node.classify.labels import TASKS
-from node.classify.metrics import Prediction
-from node.classify.plots import plot_training_curves
-from node.classify.train import TrainConfig, TrainingError, prepare, run_training, set_threads, write_package
+from node.training.evaluate import read_predictions, report, write_predictions
+from node.training.metrics import Prediction
+from node.training.plots import plot_training_curves
+from node.training.train import TrainConfig, TrainingError, prepare, run_training, set_threads, write_package
 
 logger = logging.getLogger(__name__)
 

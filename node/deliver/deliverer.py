@@ -13,9 +13,9 @@ from node import audit, jobs
 from node.audit import Events, Where
 from node.config import ForwardSettings
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
-from node.forward.base import InstanceFile, Sender
+from node.deliver.base import InstanceFile, Sender
+from node.receive.spool import Spool
 from node.routing import RulesHolder
-from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 

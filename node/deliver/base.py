@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from node.destinations import Destination
+from node.deliver.destinations import Destination
 
 # C-STORE statuses that mean "the peer has the instance" (PS3.4 B.2.3): success and the warnings
 # coercion of data elements (B000), elements discarded (B006), data set does not match SOP class (B007).

@@ -41,8 +41,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from node import audit
 from node.audit import Events
 from node.config import ReceiveSettings
-from node.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
-from node.netloop import install_fast_recv, install_poll_delay, tune_association
+from node.pynetdicom_tuning import install_fast_recv, install_poll_delay, tune_association
+from node.receive.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
 
 logger = logging.getLogger(__name__)
 

@@ -27,20 +27,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from node.classify.augment import AugmentConfig, View, derived_views, sample_view
-from node.classify.dataset import Manifest, SeriesEntry, load_volumes, read_manifest
-from node.classify.evaluate import (
+from node.classify.labels import TASKS
+from node.classify.model import MultiTaskResNet, NetworkSpec, build_network, count_parameters
+from node.classify.preprocess import to_network_input
+from node.errors import NodeError
+from node.training.augment import AugmentConfig, View, derived_views, sample_view
+from node.training.dataset import Manifest, SeriesEntry, load_volumes, read_manifest
+from node.training.evaluate import (
     ScoredView,
     network_inputs,
     predict_probabilities,
     to_predictions,
     views_to_score,
 )
-from node.classify.labels import TASKS
-from node.classify.metrics import Prediction, compute_metrics, group
-from node.classify.model import MultiTaskResNet, NetworkSpec, build_network, count_parameters
-from node.classify.preprocess import to_network_input
-from node.errors import NodeError
+from node.training.metrics import Prediction, compute_metrics, group
 
 logger = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ def write_package(
 
 def train(config: TrainConfig) -> TrainResult:
     """`node train`: load, train, checkpoint, write the package and the training curves."""
-    from node.classify.plots import plot_training_curves
+    from node.training.plots import plot_training_curves
 
     set_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -547,7 +547,7 @@ def train(config: TrainConfig) -> TrainResult:
         result.history, config.out / "training_curves.png", f"{config.name} {config.version}"
     )
     if result.val_predictions:
-        from node.classify.evaluate import report
+        from node.training.evaluate import report
 
         report(result.val_predictions, TASKS, config.out / "validation", title="validation patients")
     print(f"model package: {result.package}")

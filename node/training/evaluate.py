@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from node.classify.augment import View, derived_views
-from node.classify.dataset import Manifest, SeriesEntry, load_volumes, read_manifest
-from node.classify.metrics import Metrics, Prediction, compute_metrics, format_report, group
 from node.classify.model import MultiTaskResNet
 from node.classify.preprocess import WINDOW_HU, to_network_input
+from node.training.augment import View, derived_views
+from node.training.dataset import Manifest, SeriesEntry, load_volumes, read_manifest
+from node.training.metrics import Metrics, Prediction, compute_metrics, format_report, group
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def report(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the original series and (apart) of the derived views: printed, JSON, PNG, CSV."""
-    from node.classify.plots import plot_confusion
+    from node.training.plots import plot_confusion
 
     out.mkdir(parents=True, exist_ok=True)
     groups = group(predictions)
@@ -192,8 +192,8 @@ def evaluate(
     threads: int | None = None,
 ) -> dict[str, Any]:
     from node.classify.package import load_package
-    from node.classify.plots import plot_training_curves
-    from node.classify.train import choose_device, set_threads
+    from node.training.plots import plot_training_curves
+    from node.training.train import choose_device, set_threads
 
     if views not in VIEW_MODES:
         raise ValueError(f"views must be one of {VIEW_MODES}")

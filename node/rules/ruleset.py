@@ -1,18 +1,10 @@
-"""Routing rules: models, loading with errors that name file, line, rule and field, and pure evaluation.
-
-    ruleset = load_rules(Path("rules/example.yaml"))       # RulesError if anything is wrong
-    decision = evaluate(ruleset, facts)                     # pure: no I/O, no clock
-    decision.destinations                                   # {"pacs": ["ct-to-pacs"]}
-    decision.to_audit()                                     # JSON-serialisable explanation
-
-The semantics (order, stop/continue, discard, fallback, operators) are documented in docs/rules.md.
-"""
+"""A rules file: its models (rules, destinations, fallback) and loading, with errors that name file, line,
+rule and field. The semantics are documented in docs/rules.md."""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,27 +22,11 @@ from pydantic import (
     model_validator,
 )
 
-from node.destinations import DimseDestination
+from node.deliver.destinations import DimseDestination
 from node.errors import RulesError
-from node.rules_conditions import LEAF_KEYS, Condition
-from node.rules_decision import FALLBACK, RoutingDecision, RuleTrace, evaluate
-from node.rules_yaml import LineDict, load_yaml, yaml_error_line
-
-__all__ = [
-    "FALLBACK",
-    "Fallback",
-    "Problem",
-    "RoutingDecision",
-    "Rule",
-    "RuleSet",
-    "RuleTrace",
-    "RulesFileError",
-    "evaluate",
-    "load_rules",
-    "parse_rules",
-    "rules_json_schema",
-    "schema_text",
-]
+from node.rules.conditions import LEAF_KEYS, Condition
+from node.rules.evaluation import FALLBACK
+from node.yaml_lines import LineDict, load_yaml, yaml_error_line
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE_COMPILED = re.compile(NAME_PATTERN)
@@ -430,27 +406,3 @@ def load_rules(path: Path) -> RuleSet:
     except UnicodeDecodeError as exc:
         raise RulesError(str(path), f"not UTF-8 text: {exc.reason}") from None
     return parse_rules(text, str(path))
-
-
-# ---------------------------------------------------------------------------------------------- schema
-
-
-def rules_json_schema() -> dict[str, Any]:
-    """JSON Schema of a rules file (rules/schema.json), for editors and for review."""
-    schema = RuleSet.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "Routing rules of the DICOM node (rules/*.yaml)"
-    dest = schema.get("$defs", {}).get("DimseDestination", {})
-    # In the file a destination's name is its key under `destinations:`.
-    if "name" in dest.get("required", []):
-        dest["required"] = [r for r in dest["required"] if r != "name"]
-        dest["properties"]["name"]["description"] = "optional; defaults to (and must equal) the key"
-    return schema
-
-
-def schema_text() -> str:
-    return json.dumps(rules_json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":  # python -m node.rules > rules/schema.json
-    print(schema_text(), end="")

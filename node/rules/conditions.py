@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from node.facts import SeriesFacts
-from node.rules_fields import (
+from node.rules.fields import (
     REDACTED,
     FieldRef,
     Observed,

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from node.classify.augment import CropRecipe, parse_crops
 from node.classify.labels import TASKS
 from node.errors import NodeError
+from node.training.augment import CropRecipe, parse_crops
 
 if TYPE_CHECKING:
     from node.volume import Volume
@@ -243,7 +243,7 @@ def nifti_to_lps(
     rows and columns point to +x/+y, or down the patient (-z) where they run along z; slices are sorted
     ascending along the normal row x column, as node.volume sorts DICOM slices.
     """
-    from node.classify.augment import display_orient
+    from node.training.augment import display_orient
 
     if data.ndim != 3:
         raise ValueError(f"expected a 3D NIfTI volume, got shape {data.shape}")

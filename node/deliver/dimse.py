@@ -8,7 +8,7 @@ Little Endian (or exactly the destination's ``transfer_syntaxes`` when configure
 An instance whose stored syntax was accepted is sent from its file as stored, without decoding: the
 bytes after the File Meta Information go out as they are on disk (pynetdicom's chunked sending,
 ``_config.STORE_SEND_CHUNKED_DATASET``; it only applies when a path is passed to ``send_c_store``). An
-instance whose syntax was refused is decompressed (node.forward.transcode) and sent uncompressed.
+instance whose syntax was refused is decompressed (node.deliver.transcode) and sent uncompressed.
 
 Stalls: pynetdicom's SCU sometimes loses a C-STORE response and waits for ``dimse_timeout`` before
 aborting (pynetdicom issue #875). When a response does not come within ``dimse_timeout``, the sender
@@ -45,17 +45,17 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 
 from node.config import ForwardSettings, validate_ae_title
-from node.destinations import DimseDestination
-from node.forward.base import (
+from node.deliver.base import (
     InstanceFile,
     OnSent,
     SendOutcome,
     is_delivered,
     status_is_retryable,
 )
-from node.forward.transcode import TranscodeError, can_transcode, load_for_target
-from node.forward.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
-from node.netloop import CONN_OPEN_HANDLERS
+from node.deliver.destinations import DimseDestination
+from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
+from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
+from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class _Lost:
 
 
 class DimseSender:
-    """Sender for DimseDestination (see node.forward.base.Sender).
+    """Sender for DimseDestination (see node.deliver.base.Sender).
 
     Thread safe: every send() builds its own AE and associations, so several delivery workers may
     share one DimseSender.
@@ -400,7 +400,7 @@ class DimseSender:
         msg_id: int,
         outcome: SendOutcome,
     ) -> int | _Lost | None:
-        """Send one as-stored instance with node.forward.wire.
+        """Send one as-stored instance with node.deliver.wire.
 
         Returns the status, why the association is lost, None when the file cannot be read (recorded
         in outcome.failed, nothing was sent), or _NOT_ON_WIRE for a file to send with pynetdicom.

@@ -1,0 +1,1 @@
+"""Receiving: the DICOM SCP (C-ECHO, C-STORE), validation, and the durable spool."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from node import audit, jobs, retention
@@ -29,10 +30,12 @@ from node.db.models import JobKind
 from node.db.session import make_engine, make_session_factory
 from node.deliver.deliverer import Deliverer
 from node.deliver.dimse import DimseSender
+from node.health import HEALTH_FILE, HealthMonitor
 from node.receive.ingest import Ingest
 from node.receive.scp import StorageSCP
 from node.receive.spool import Spool
-from node.routing import Router, RulesHolder, reload_rules
+from node.routing import Router, reload_rules
+from node.rules import RulesHolder
 from node.tracker import CompletionTracker
 from node.workers import JobWorker
 
@@ -66,11 +69,33 @@ class NodeService:
         self.wake_delivery = threading.Event()
         self.tracker = CompletionTracker(self.sessions, self.settings.completion, self.wake_router.set)
         self.ingest = Ingest(self.sessions, self.spool, self.settings.receive, self.settings.completion)
-        self.router = Router(self.spool, self.rules, self.analyser, self.wake_delivery)
-        senders = {"dimse": DimseSender(self.settings.forward, self.settings.receive.ae_title)}
-        self.deliverer = Deliverer(self.spool, self.rules, senders, self.settings.forward)
+        route, forward = self.settings.route, self.settings.forward
+        self.router = Router(
+            self.spool,
+            self.rules,
+            self.analyser,
+            self.wake_delivery,
+            jobs.RetryPolicy(
+                route.max_attempts,
+                route.backoff_initial_seconds,
+                route.backoff_factor,
+                route.backoff_max_seconds,
+            ),
+        )
+        senders = {"dimse": DimseSender(forward, self.settings.receive.ae_title)}
+        self.deliverer = Deliverer(
+            self.spool,
+            senders,
+            jobs.RetryPolicy(
+                forward.max_attempts,
+                forward.backoff_initial_seconds,
+                forward.backoff_factor,
+                forward.backoff_max_seconds,
+            ),
+        )
         self.scp = StorageSCP(self.settings.receive, self.ingest, self.sessions, self.tracker.instance_stored)
         self.workers: list[JobWorker] = []
+        self.health: HealthMonitor | None = None
         self.port: int | None = None
         self._retention_timer: threading.Thread | None = None
 
@@ -108,6 +133,14 @@ class NodeService:
             )
         for worker in self.workers:
             worker.start()
+        self.health = HealthMonitor(
+            self.settings.data_dir / HEALTH_FILE,
+            self.workers,
+            self.settings.health,
+            self._ping_database,
+            self.stop_event,
+        )
+        self.health.start()
         self.tracker.start()
         if self.settings.retention.keep_seconds is not None:
             self._retention_timer = threading.Thread(
@@ -122,6 +155,10 @@ class NodeService:
         self, name: str, kinds: list[str], handler: Any, on_crash: Any, wakeup: threading.Event
     ) -> JobWorker:
         return JobWorker(name, kinds, self.sessions, handler, on_crash, wakeup, self.stop_event)
+
+    def _ping_database(self) -> None:
+        with self.sessions() as session:
+            session.execute(text("SELECT 1"))
 
     def _retention_loop(self) -> None:
         keep = self.settings.retention.keep_seconds
@@ -146,6 +183,9 @@ class NodeService:
         self.wake_delivery.set()
         for worker in self.workers:
             worker.join(drain_seconds)
+        if self.health is not None:
+            self.health.join(drain_seconds)
+            self.health.remove_file()
         self.spool.close()
         close = getattr(self.analyser, "close", None)
         if close is not None:

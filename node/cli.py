@@ -130,7 +130,7 @@ def cmd_deliveries_list(args: argparse.Namespace) -> int:
     from node.deliveries import cmd_deliveries_list as listing
 
     with _session(args) as session:
-        return listing(session, args.state, args.destination, args.json)
+        return listing(session, args.state, args.destination, args.json, kind=args.kind)
 
 
 def cmd_deliveries_retry(args: argparse.Namespace) -> int:
@@ -140,7 +140,24 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> int:
         print("give a delivery ID or --all-failed", file=sys.stderr)
         return 2
     with _session(args) as session:
-        return retry(session, args.id, args.all_failed, args.destination, args.force)
+        return retry(session, args.id, args.all_failed, args.destination, args.force, args.replan)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the running node reports healthy, 1 when not (or when it is not running)."""
+    from node.health import HEALTH_FILE, read_health
+
+    path = _settings(args).data_dir / HEALTH_FILE
+    healthy, report = read_health(path)
+    if args.json:
+        import json
+
+        print(json.dumps({"healthy": healthy, **report}, indent=2, sort_keys=True))
+    else:
+        print(f"{'healthy' if healthy else 'UNHEALTHY'} ({path})")
+        for problem in report.get("problems", []):
+            print(f"  {problem}")
+    return 0 if healthy else 1
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -218,14 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
     listing = deliveries.add_parser("list", parents=[common], help="deliveries, newest first")
     listing.add_argument("--state", choices=["queued", "running", "done", "failed", "dead"])
     listing.add_argument("--destination")
+    listing.add_argument(
+        "--kind",
+        choices=["deliver", "route", "all"],
+        default="deliver",
+        help="deliveries (default), route jobs (decide and queue deliveries), or both",
+    )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_deliveries_list)
-    retry = deliveries.add_parser("retry", parents=[common], help="requeue a failed delivery (or all)")
-    retry.add_argument("id", nargs="?", type=int)
+    retry = deliveries.add_parser(
+        "retry", parents=[common], help="requeue a failed delivery or route job (or all of them)"
+    )
+    retry.add_argument("id", nargs="?", type=int, help="a delivery or route job ID (deliveries list)")
     retry.add_argument("--all-failed", action="store_true")
+    retry.add_argument(
+        "--replan",
+        action="store_true",
+        help="decide again with the rules in force (new destinations and settings); "
+        "without it a delivery keeps the plan it was queued with",
+    )
     retry.add_argument("--destination", help="with --all-failed: only this destination")
     retry.add_argument("--force", action="store_true", help="also resend a delivery that succeeded")
     retry.set_defaults(func=cmd_deliveries_retry)
+
+    health = sub.add_parser("health", parents=[common], help="is the running node healthy? (exit 0 / 1)")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", parents=[common], help="apply migrations").set_defaults(func=cmd_db_upgrade)

@@ -67,6 +67,26 @@ class ForwardSettings(_Strict):
     stall_retries: int = Field(2, ge=0)
 
 
+class RouteSettings(_Strict):
+    """Retries of the route step (read the series, classify, decide, queue deliveries) when it fails."""
+
+    max_attempts: int = Field(4, ge=1)
+    backoff_initial_seconds: float = Field(10.0, ge=0)
+    backoff_factor: float = Field(2.0, ge=1.0)
+    backoff_max_seconds: float = Field(600.0, ge=0)
+
+
+class HealthSettings(_Strict):
+    """The health monitor (docs/operations.md): worker liveness, written to <data_dir>/health.json."""
+
+    # How often the monitor checks the workers and rewrites the health file.
+    interval_seconds: float = Field(5.0, gt=0)
+    # A worker that holds one job longer than this is "stuck" (the node reports unhealthy).
+    stuck_job_seconds: float = Field(3600.0, gt=0)
+    # A worker whose loop has not turned for this long while idle is "stuck" too.
+    stalled_loop_seconds: float = Field(120.0, gt=0)
+
+
 class RetentionSettings(_Strict):
     # Spooled files of a series are deleted this long after every delivery of it succeeded
     # (and after routing decided there was nothing to deliver). None keeps files forever.
@@ -111,6 +131,8 @@ class Settings(_Strict):
     receive: ReceiveSettings = ReceiveSettings()
     completion: CompletionSettings = CompletionSettings()
     forward: ForwardSettings = ForwardSettings()
+    route: RouteSettings = RouteSettings()
+    health: HealthSettings = HealthSettings()
     retention: RetentionSettings = RetentionSettings()
     classify: ClassifySettings = ClassifySettings()
 

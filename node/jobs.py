@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -24,8 +26,10 @@ def enqueue(
     generation: int,
     destination: str = "",
     rules: list[str] | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> Job | None:
-    """Add a job unless the same (kind, series, generation, destination) exists; return the new job."""
+    """Add a job unless the same (kind, series, generation, destination) exists; return the new job.
+    `plan` is a delivery's frozen plan (node.deliver.plan.DeliveryPlan.to_json())."""
     existing = session.scalar(
         select(Job).where(
             Job.kind == kind,
@@ -48,6 +52,7 @@ def enqueue(
         created_at=now,
         updated_at=now,
         rules=rules,
+        plan=plan,
     )
     session.add(job)
     session.flush()
@@ -121,6 +126,29 @@ def fail(
     job.state = JobState.FAILED
     job.finished_at = now
     return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff, shared by route and delivery jobs."""
+
+    max_attempts: int
+    initial: float
+    factor: float
+    maximum: float
+
+    def fail(self, session: Session, job: Job, error: str, retryable: bool = True) -> bool:
+        """Record a failed attempt; True if the job will be retried, False if it is now a dead letter."""
+        return fail(
+            session,
+            job,
+            error,
+            max_attempts=self.max_attempts,
+            initial=self.initial,
+            factor=self.factor,
+            maximum=self.maximum,
+            retryable=retryable,
+        )
 
 
 def dead_letter(session: Session, job: Job, error: str) -> None:

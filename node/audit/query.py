@@ -168,7 +168,17 @@ def job_dict(job: Job, sent: int) -> dict[str, Any]:
         "last_error": job.last_error,
         "rules": list(job.rules) if job.rules is not None else None,
         "sent_instances": sent,
+        "target": plan_target(job.plan),
+        "rules_sha256": job.plan.get("rules_sha256") if isinstance(job.plan, dict) else None,
     }
+
+
+def plan_target(plan: Any) -> str | None:
+    """`AE@host:port` of a delivery's frozen plan (None for route jobs and plans without a destination)."""
+    destination = plan.get("destination") if isinstance(plan, dict) else None
+    if not isinstance(destination, dict):
+        return None
+    return f"{destination.get('ae_title')}@{destination.get('host')}:{destination.get('port')}"
 
 
 def _series_dict(series: Series) -> dict[str, Any]:

@@ -133,6 +133,11 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Which rules sent the series here (delivery jobs), for the audit and `deliveries list`.
     rules: Mapped[list[str] | None] = mapped_column(JSON)
+    # Delivery jobs: the frozen plan (node.deliver.plan.DeliveryPlan.to_json) the deliverer executes.
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Route jobs: the analysis facts the decision was made on, so that a replan decides again on the
+    # same facts without classifying the series again ({"facts": ..., "summary": ...}).
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     series: Mapped[Series] = relationship()
 

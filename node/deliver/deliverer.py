@@ -1,5 +1,10 @@
-"""Deliver one series generation to one destination: send what is not yet acknowledged, record each
-acknowledged instance (so a retry skips it), then finish, retry with backoff, or dead-letter."""
+"""Deliver one series generation to one destination: execute the job's frozen plan (node.deliver.plan),
+send what is not yet acknowledged, record each acknowledged instance (so a retry skips it), then finish,
+retry with backoff, or dead-letter.
+
+The deliverer reads only its job and the job's plan. It imports nothing of the rules or the router: the
+destination's settings are the ones frozen when the route step decided, whatever was reloaded since.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,10 @@ from sqlalchemy.orm import Session
 
 from node import audit, jobs
 from node.audit import Events, Where
-from node.config import ForwardSettings
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
 from node.deliver.base import InstanceFile, Sender
+from node.deliver.plan import DeliveryPlan, PlanError
 from node.receive.spool import Spool
-from node.routing import RulesHolder
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +30,10 @@ AUDITED_FAILURES = 20
 
 
 class Deliverer:
-    def __init__(
-        self, spool: Spool, rules: RulesHolder, senders: Mapping[str, Sender], settings: ForwardSettings
-    ):
+    def __init__(self, spool: Spool, senders: Mapping[str, Sender], retry: jobs.RetryPolicy) -> None:
         self._spool = spool
-        self._rules = rules
         self._senders = senders
-        self._settings = settings
+        self._retry = retry
 
     def pending_files(self, session: Session, job: Job) -> list[InstanceFile]:
         sent = select(SentInstance.instance_id).where(SentInstance.job_id == job.id)
@@ -59,13 +60,21 @@ class Deliverer:
     def handle(self, session: Session, job: Job) -> None:
         series = session.get(Series, job.series_id)
         assert series is not None
-        ruleset = self._rules.current
-        destination = ruleset.destinations.get(job.destination) if ruleset is not None else None
-        if destination is None:
+        try:
+            plan = DeliveryPlan.from_json(job.plan, job.id)
+        except PlanError as exc:
+            self._give_up(session, job, series, str(exc))
+            return
+        if plan.destination_name != job.destination or plan.generation != job.generation:
             self._give_up(
-                session, job, series, f"destination {job.destination!r} is not defined in the rules in force"
+                session,
+                job,
+                series,
+                f"delivery {job.id}: its plan is for {plan.destination_name!r} generation {plan.generation}, "
+                f"the job for {job.destination!r} generation {job.generation}",
             )
             return
+        destination = plan.destination
         sender = self._senders.get(destination.kind)
         if sender is None:
             self._give_up(session, job, series, f"no sender for destination kind {destination.kind!r}")
@@ -131,7 +140,12 @@ class Deliverer:
                 session,
                 Events.DELIVERY_DONE,
                 f"delivered: {count} instances acknowledged in this attempt, {total_sent} in all",
-                details={"sent_this_attempt": count, "sent_total": total_sent, "attempts": job.attempts},
+                details={
+                    "sent_this_attempt": count,
+                    "sent_total": total_sent,
+                    "attempts": job.attempts,
+                    "rules_sha256": plan.rules_sha256,
+                },
                 **common,
             )
             session.commit()
@@ -161,16 +175,7 @@ class Deliverer:
 
     def _fail_attempt(self, session: Session, job: Job, error: str, retryable: bool) -> bool:
         """Record a failed attempt with the configured backoff; True if it will be retried."""
-        return jobs.fail(
-            session,
-            job,
-            error,
-            max_attempts=self._settings.max_attempts,
-            initial=self._settings.backoff_initial_seconds,
-            factor=self._settings.backoff_factor,
-            maximum=self._settings.backoff_max_seconds,
-            retryable=retryable,
-        )
+        return self._retry.fail(session, job, error, retryable)
 
     def _give_up(self, session: Session, job: Job, series: Series, error: str) -> None:
         jobs.dead_letter(session, job, error)

@@ -10,12 +10,15 @@ The semantics (order, stop/continue, discard, fallback, operators) are documente
 
 from __future__ import annotations
 
+from node.rules.decision import NO_RULES, Decision, decide
 from node.rules.evaluation import FALLBACK, RoutingDecision, RuleTrace, evaluate
 from node.rules.holder import RulesHolder
 from node.rules.ruleset import Fallback, Problem, Rule, RuleSet, RulesFileError, load_rules, parse_rules
 
 __all__ = [
     "FALLBACK",
+    "NO_RULES",
+    "Decision",
     "Fallback",
     "Problem",
     "RoutingDecision",
@@ -24,6 +27,7 @@ __all__ = [
     "RuleTrace",
     "RulesFileError",
     "RulesHolder",
+    "decide",
     "evaluate",
     "load_rules",
     "parse_rules",

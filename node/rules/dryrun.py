@@ -15,52 +15,18 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from node.analysis import AnalysisResult, SeriesAnalyser
-from node.errors import InvalidUIDError, RulesError
-from node.facts import SeriesFacts
-from node.rules import RoutingDecision, RuleSet, evaluate, load_rules
+from node.analysis import AnalysisResult, NoAnalysis, SeriesAnalyser
+from node.errors import RulesError
+from node.facts import series_facts
+from node.rules.decision import Decision, decide
+from node.rules.ruleset import RuleSet, load_rules
 
 logger = logging.getLogger(__name__)
-
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-
-
-def facts_from_dataset(
-    ds: Dataset,
-    instance_count: int,
-    calling_ae: str | None = None,
-    generation: int = 1,
-    extra: dict[str, Any] | None = None,
-) -> SeriesFacts:
-    """SeriesFacts for a series from the header of one representative instance (pixel data left out)."""
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-    if not series_uid:
-        raise InvalidUIDError("SeriesInstanceUID", None)
-    header = ds
-    if any(tag in ds for tag in _PIXEL_TAGS):
-        header = Dataset()
-        for elem in ds:
-            if elem.tag not in _PIXEL_TAGS:
-                header.add(elem)
-        file_meta = getattr(ds, "file_meta", None)
-        if file_meta is not None:
-            header.file_meta = file_meta
-    return SeriesFacts(
-        series_uid=series_uid,
-        attributes=header,
-        instance_count=instance_count,
-        calling_ae=calling_ae,
-        generation=generation,
-        extra=dict(extra or {}),
-    )
-
 
 # ---------------------------------------------------------------------------------------------- reading
 
@@ -139,7 +105,7 @@ def _describe(ds: Dataset) -> dict[str, str]:
     }
 
 
-Decisions = list[tuple[_Series, RoutingDecision, AnalysisResult | None]]
+Decisions = list[tuple[_Series, Decision, AnalysisResult | None]]
 
 
 def _analysis_lines(analysis: AnalysisResult) -> list[str]:
@@ -151,6 +117,19 @@ def _analysis_lines(analysis: AnalysisResult) -> list[str]:
     timings = analysis.audit.get("timings_ms")
     if timings:
         lines.append("    timings_ms: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    return lines
+
+
+def _decision_lines(decision: Decision) -> list[str]:
+    if decision.routing is None:
+        return [f"  => {decision.summary()}"]
+    lines = decision.routing.render_text().splitlines()
+    for name, plan in decision.plans.items():
+        dest = plan.destination
+        lines.append(
+            f"  plan {name}: {dest.kind} {dest.ae_title}@{dest.host}:{dest.port}, "
+            f"generation {plan.generation}"
+        )
     return lines
 
 
@@ -170,7 +149,7 @@ def _render_text(ruleset: RuleSet, result: ScanResult, decisions: Decisions) -> 
         )
         if analysis is not None:
             lines.extend(_analysis_lines(analysis))
-        lines.append(decision.render_text())
+        lines.extend(_decision_lines(decision))
     lines.append("")
     lines.append(f"{len(decisions)} series, {len(result.skipped)} files skipped")
     return "\n".join(lines) + "\n"
@@ -199,33 +178,51 @@ def _render_json(ruleset: RuleSet, result: ScanResult, decisions: Decisions) -> 
 
 
 def dry_run(
-    rules_path: Path, dicom_path: Path, json: bool = False, analyser: SeriesAnalyser | None = None
+    rules_path: Path,
+    dicom_path: Path,
+    json: bool = False,
+    analyser: SeriesAnalyser | None = None,
+    *,
+    calling_ae: str | None = None,
+    called_ae: str | None = None,
 ) -> str:
     """Evaluate the rules on every series found under dicom_path; the report as text or JSON.
 
     Raises RulesError for an invalid rules file and FileNotFoundError for a missing dicom_path.
     """
-    return _dry_run(rules_path, dicom_path, json, analyser)[0]
-
-
-def _dry_run(
-    rules_path: Path, dicom_path: Path, json: bool, analyser: SeriesAnalyser | None = None
-) -> tuple[str, int]:
     ruleset = load_rules(Path(rules_path))
+    result, decisions = decide_folder(
+        ruleset, dicom_path, analyser, calling_ae=calling_ae, called_ae=called_ae
+    )
+    render = _render_json if json else _render_text
+    return render(ruleset, result, decisions)
+
+
+def decide_folder(
+    ruleset: RuleSet,
+    dicom_path: Path,
+    analyser: SeriesAnalyser | None = None,
+    *,
+    calling_ae: str | None = None,
+    called_ae: str | None = None,
+) -> tuple[ScanResult, Decisions]:
+    """What the node would decide for every series under dicom_path: the same facts (node.facts.series_facts),
+    the same analysis (the node's analyser, or none) and the same `decide` as the running node."""
     dicom_path = Path(dicom_path)
     if not dicom_path.exists():
         raise FileNotFoundError(f"{dicom_path}: no such file or folder")
     result = scan(dicom_path)
     decisions: Decisions = []
     for entry in result.series:
-        analysis = None
-        if analyser is not None:
-            analysis = analyser.analyse(entry.uid, entry.representative, entry.paths)
-        extra = analysis.facts if analysis is not None else None
-        facts = facts_from_dataset(entry.representative, len(entry.instances), extra=extra)
-        decisions.append((entry, evaluate(ruleset, facts), analysis))
-    render = _render_json if json else _render_text
-    return render(ruleset, result, decisions), len(decisions)
+        facts = series_facts(
+            entry.representative, len(entry.instances), calling_ae=calling_ae, called_ae=called_ae
+        )
+        analysed = analyser.analyse(entry.uid, entry.representative, entry.paths) if analyser else None
+        decision = decide(
+            facts, analysed or NoAnalysis().analyse(entry.uid, entry.representative, []), ruleset
+        )
+        decisions.append((entry, decision, analysed))
+    return result, decisions
 
 
 def check(path: Path) -> tuple[bool, str]:
@@ -261,18 +258,28 @@ def cmd_rules_check(path: Path) -> int:
     return 0 if ok else 1
 
 
-def cmd_rules_test(rules: Path, data: Path, as_json: bool, analyser: SeriesAnalyser | None = None) -> int:
+def cmd_rules_test(
+    rules: Path,
+    data: Path,
+    as_json: bool,
+    analyser: SeriesAnalyser | None = None,
+    *,
+    calling_ae: str | None = None,
+    called_ae: str | None = None,
+) -> int:
     """`node rules test PATH`: 0 with a report on stdout; 1 for invalid rules, 2 for unusable data."""
     try:
-        report, count = _dry_run(rules, data, as_json, analyser)
+        ruleset = load_rules(Path(rules))
+        result, decisions = decide_folder(ruleset, data, analyser, calling_ae=calling_ae, called_ae=called_ae)
     except RulesError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    sys.stdout.write(report)
-    if count == 0:
+    render = _render_json if as_json else _render_text
+    sys.stdout.write(render(ruleset, result, decisions))
+    if not decisions:
         print(f"{data}: no DICOM series found", file=sys.stderr)
         return 2
     return 0

@@ -11,8 +11,9 @@ import pydicom
 import pytest
 
 from node.classify.labels import BODY_PARTS
+from node.facts import series_facts
 from node.rules import evaluate, load_rules
-from node.rules.dryrun import check, cmd_rules_check, cmd_rules_test, dry_run, facts_from_dataset, scan
+from node.rules.dryrun import check, cmd_rules_check, cmd_rules_test, dry_run, scan
 
 REPO = Path(__file__).resolve().parents[2]
 CT_DATA = REPO.parent / "shared" / "data" / "ct"
@@ -126,11 +127,11 @@ def test_a_single_file_is_one_series_of_one(ct_folder: Path, rules_file: Path) -
     assert out["series"][0]["decision"]["destinations"] == {"research": ["contrast-to-research"]}
 
 
-def test_facts_from_dataset_leaves_pixels_out(ct_folder: Path) -> None:
+def test_series_facts_leave_pixels_out(ct_folder: Path) -> None:
     path = sorted((ct_folder / "kits00072_arterial_slab").glob("*.dcm"))[0]
     ds = pydicom.dcmread(path)
     assert "PixelData" in ds
-    facts = facts_from_dataset(ds, 18, calling_ae="MODALITY", generation=2, extra={"classifiable": True})
+    facts = series_facts(ds, 18, calling_ae="MODALITY", generation=2).with_extra({"classifiable": True})
     assert "PixelData" not in facts.attributes
     assert facts.attributes.Modality == "CT"
     assert facts.attributes.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID

@@ -32,7 +32,7 @@ from node.deliveries import (
     cmd_deliveries_retry,
     list_deliveries,
     retry_all_failed,
-    retry_delivery,
+    retry_job,
 )
 from node.errors import NotFoundError
 
@@ -115,6 +115,7 @@ def ids(session: Session) -> dict[str, int]:
     a = add_series(session, UID_A)
     b = add_series(session, UID_B)
     route = add_job(session, a, "", JobState.DONE, minutes=0, kind=JobKind.ROUTE)
+    route_b = add_job(session, b, "", JobState.DONE, minutes=0, kind=JobKind.ROUTE)
     done = add_job(session, a, "PACS", JobState.DONE, minutes=1)
     for inst in session.scalars(select(Instance).where(Instance.series_id == a.id)):
         session.add(SentInstance(job_id=done.id, instance_id=inst.id, status=0, sent_at=T0))
@@ -134,6 +135,7 @@ def ids(session: Session) -> dict[str, int]:
     session.commit()
     return {
         "route": route.id,
+        "route_b": route_b.id,
         "done": done.id,
         "failed_a": failed_a.id,
         "failed_b": failed_b.id,
@@ -168,7 +170,7 @@ def test_list_deliveries_newest_first_without_route_jobs(session: Session, ids: 
     ]
     done = items[-1]
     assert done["series_uid"] == UID_A and done["destination"] == "PACS" and done["generation"] == 1
-    assert done["rules"] == ["ct-rule"] and done["sent_instances"] == 3 and "kind" not in done
+    assert done["rules"] == ["ct-rule"] and done["sent_instances"] == 3 and done["kind"] == "deliver"
     assert done["next_run_at"] == "2026-11-23T08:01:00.000000Z"
     assert list_deliveries(session, limit=2) == items[:2]
 
@@ -195,10 +197,10 @@ def test_cmd_deliveries_list_text_and_json(
 
     assert cmd_deliveries_list(session, None, "QA", as_json=False) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:5] == ["ID", "SERIES", "GEN", "DESTINATION", "STATE"]
+    assert lines[0].split()[:7] == ["ID", "KIND", "SERIES", "GEN", "DESTINATION", "TARGET", "STATE"]
     assert len(lines) == 3
     first = lines[1].split()
-    assert first[:6] == [str(ids["failed_b"]), UID_B, "1", "QA", "failed", "6"]
+    assert first[:8] == [str(ids["failed_b"]), "deliver", UID_B, "1", "QA", "-", "failed", "6"]
     assert lines[1].endswith("connection refused")
     # Aligned: the STATE column starts at the same offset on every line.
     offset = lines[0].index("STATE")
@@ -220,7 +222,7 @@ def test_cmd_deliveries_list_text_and_json(
 def test_retry_failed_requeues_and_audits_in_the_same_commit(
     db_engine: Engine, session: Session, ids: dict[str, int]
 ) -> None:
-    job = retry_delivery(session, ids["failed_b"])
+    job = retry_job(session, ids["failed_b"])
     assert job.id == ids["failed_b"]
     # Read back through a different session: the change and its audit row are committed together.
     with make_session_factory(db_engine)() as other:
@@ -247,9 +249,9 @@ def test_retry_failed_requeues_and_audits_in_the_same_commit(
 def test_retry_refuses_pending_jobs(session: Session, ids: dict[str, int]) -> None:
     for key, state in (("queued", "queued"), ("running", "running")):
         with pytest.raises(DeliveryStateError, match=f"already pending \\({state}"):
-            retry_delivery(session, ids[key])
+            retry_job(session, ids[key])
         with pytest.raises(DeliveryStateError, match="already pending"):
-            retry_delivery(session, ids[key], force=True)
+            retry_job(session, ids[key], force=True)
     assert requeue_rows(session) == []
     assert session.get(Job, ids["queued"]).attempts == 2  # type: ignore[union-attr]
 
@@ -258,11 +260,11 @@ def test_retry_done_needs_force_and_then_sends_everything_again(
     session: Session, ids: dict[str, int]
 ) -> None:
     with pytest.raises(DeliveryStateError, match="--force"):
-        retry_delivery(session, ids["done"])
+        retry_job(session, ids["done"])
     assert session.get(Job, ids["done"]).state == JobState.DONE  # type: ignore[union-attr]
     assert sent_count(session, ids["done"]) == 3
 
-    job = retry_delivery(session, ids["done"], force=True)
+    job = retry_job(session, ids["done"], force=True)
     assert job.state == JobState.QUEUED and job.attempts == 0
     assert sent_count(session, ids["done"]) == 0
     (row,) = requeue_rows(session)
@@ -270,11 +272,46 @@ def test_retry_done_needs_force_and_then_sends_everything_again(
     assert row.details["reason"].startswith("operator")
 
 
-def test_retry_unknown_or_not_a_delivery(session: Session, ids: dict[str, int]) -> None:
-    with pytest.raises(NotFoundError, match="delivery 999999 not found"):
-        retry_delivery(session, 999999)
-    with pytest.raises(NotFoundError, match="route job"):
-        retry_delivery(session, ids["route"], force=True)
+def test_retry_unknown_job(session: Session, ids: dict[str, int]) -> None:
+    with pytest.raises(NotFoundError, match="delivery or route job 999999 not found"):
+        retry_job(session, 999999)
+
+
+def test_route_jobs_are_retried_like_deliveries(session: Session, ids: dict[str, int]) -> None:
+    """A dead-lettered route job is requeued by `deliveries retry`; a done one only with --force."""
+    with pytest.raises(DeliveryStateError, match="route job .* is done; use --force"):
+        retry_job(session, ids["route"])
+    route = session.get(Job, ids["route_b"])
+    assert route is not None
+    route.state, route.last_error = JobState.FAILED, "RouteFailure: cannot read the header"
+    session.commit()
+    assert [d["job_id"] for d in list_deliveries(session, state="failed", kind="route")] == [ids["route_b"]]
+    job = retry_job(session, ids["route_b"])
+    assert (job.kind, job.state, job.attempts) == (JobKind.ROUTE, JobState.QUEUED, 0)
+    (row,) = requeue_rows(session)
+    assert row.details is not None and row.details["previous_state"] == "failed"
+    assert jobs.claim(session, [JobKind.ROUTE]) is not None
+
+
+def test_replan_requeues_the_route_job_of_the_delivery(session: Session, ids: dict[str, int]) -> None:
+    job = retry_job(session, ids["failed_b"], replan=True)
+    assert (job.id, job.kind, job.state) == (ids["route_b"], JobKind.ROUTE, JobState.QUEUED)
+    # The delivery itself waits for the router's new decision.
+    assert session.get(Job, ids["failed_b"]).state == JobState.FAILED  # type: ignore[union-attr]
+    (row,) = requeue_rows(session)
+    assert row.job_id == ids["route_b"] and row.details is not None
+    reason = row.details["reason"]
+    assert reason.startswith("operator: replan") and f"delivery {ids['failed_b']}" in reason
+    # While that route job is pending, a second replan is refused.
+    with pytest.raises(DeliveryStateError, match="already pending"):
+        retry_job(session, ids["failed_b_pacs"], replan=True)
+
+
+def test_replan_all_failed_requeues_each_route_job_once(session: Session, ids: dict[str, int]) -> None:
+    assert retry_all_failed(session, replan=True) == [ids["route"], ids["route_b"]]
+    assert [r.job_id for r in requeue_rows(session)] == [ids["route"], ids["route_b"]]
+    failed = {d["job_id"] for d in list_deliveries(session, state="failed")}
+    assert failed == {ids["failed_a"], ids["failed_b"], ids["failed_b_pacs"]}
 
 
 def test_retry_refused_when_retention_deleted_the_files(
@@ -285,7 +322,7 @@ def test_retry_refused_when_retention_deleted_the_files(
     series.files_deleted_at = T0
     session.commit()
     with pytest.raises(DeliveryStateError, match="deleted by retention"):
-        retry_delivery(session, ids["done"], force=True)
+        retry_job(session, ids["done"], force=True)
     assert sent_count(session, ids["done"]) == 3  # rolled back, nothing cleared
     # --all-failed skips that series' failed delivery and requeues the others, and says so.
     assert cmd_deliveries_retry(session, None, True, None, False) == 0
@@ -344,6 +381,6 @@ def test_requeue_audit_row_shows_in_the_series_story(session: Session, ids: dict
         destination="QA",
     )
     session.commit()
-    retry_delivery(session, ids["failed_b"])
+    retry_job(session, ids["failed_b"])
     events = [e["event"] for e in series_story(session, UID_B)["events"]]
     assert events == [Events.DELIVERY_DEAD_LETTER, Events.JOB_REQUEUED]

@@ -50,7 +50,7 @@ class JobWorker(threading.Thread):
         wakeup: threading.Event,
         stop: threading.Event,
         idle_poll_seconds: float = 1.0,
-        max_backoff_seconds: float = 30.0,
+        max_backoff_seconds: float = 5.0,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.kinds = list(kinds)
@@ -65,7 +65,7 @@ class JobWorker(threading.Thread):
         self.beat = WorkerBeat(loop_at=time.monotonic())
         # Jobs whose failure could not be recorded (the database went away meanwhile): recorded as soon
         # as it is back, so that no job stays "running" until the next restart.
-        self._unrecorded: list[tuple[Job, BaseException]] = []
+        self._unrecorded: list[tuple[int, BaseException]] = []
 
     def run(self) -> None:
         backoff = self._idle
@@ -105,13 +105,13 @@ class JobWorker(threading.Thread):
 
     def _record_unrecorded(self) -> None:
         while self._unrecorded:
-            job, exc = self._unrecorded[0]
+            job_id, exc = self._unrecorded[0]
             with self._sessions() as session:
-                self._on_crash(session, job, exc)
+                job = session.get(Job, job_id)
+                if job is not None:
+                    self._on_crash(session, job, exc)
             self._unrecorded.pop(0)
-            logger.warning(
-                "worker %s: recorded the failure of %s job %d after the outage", self.name, job.kind, job.id
-            )
+            logger.warning("worker %s: recorded the failure of job %d after the outage", self.name, job_id)
 
     def _run_one(self) -> bool:
         self._record_unrecorded()
@@ -120,16 +120,17 @@ class JobWorker(threading.Thread):
             if job is None:
                 return False
             self.busy.set()
-            self.beat.job_id, self.beat.job_started_at = job.id, time.monotonic()
+            job_id = job.id  # read now: a rollback below expires the object
+            self.beat.job_id, self.beat.job_started_at = job_id, time.monotonic()
             try:
                 self._handler(session, job)
             except Exception as exc:  # job boundary: the job is marked failed with the traceback logged
-                logger.exception("%s job %d for series id %d failed", job.kind, job.id, job.series_id)
+                logger.exception("%s job %d for series id %d failed", job.kind, job_id, job.series_id)
                 session.rollback()
                 try:
                     self._on_crash(session, job, exc)
                 except Exception:
-                    self._unrecorded.append((job, exc))
+                    self._unrecorded.append((job_id, exc))
                     raise
             finally:
                 self.busy.clear()

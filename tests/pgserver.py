@@ -144,6 +144,15 @@ class PostgresServer:
             self._running = False
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Stop the server but keep its data (an outage); `resume` starts it again on the same port."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "-t", "60",
+                   "stop"], check=True)
+        self._running = False
+
+    def resume(self, timeout: float = 60.0) -> None:
+        self._pg_ctl_start(timeout)
+
     # --- databases -------------------------------------------------------------------------------
 
     def url(self, database: str, driver: str = "postgresql+psycopg") -> str:

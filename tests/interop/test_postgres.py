@@ -218,3 +218,53 @@ def test_requeue_and_recovery_audit_rows_commit_with_the_state_change(pg_engine:
         assert session.get_one(Job, job_id).state == JobState.QUEUED
         events = session.scalars(select(AuditEvent.event)).all()
         assert events == [Events.JOB_RECOVERED]
+
+
+def test_workers_survive_postgresql_stopped_and_started(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped for several seconds while the node is idle: its workers back off and come back by
+    themselves (before: every worker thread died on the first error and nothing was routed again), and
+    the health report says the database is unreachable meanwhile."""
+    from pydicom.uid import generate_uid
+
+    from node.health import HEALTH_FILE, read_health
+    from tests.interop.e2e import all_delivered, write_rules
+    from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
+    from tests.peers import in_process_scp
+
+    url = postgres_server.create_database(f"pg_outage_{next(_counter)}")
+    with in_process_scp() as sink:
+        rules = write_rules(
+            tmp_path / "rules.yaml", {"sink": {"ae_title": "TESTSCP", "host": "127.0.0.1", "port": sink.port}}
+        )
+        settings = make_settings(
+            tmp_path, database_url=url, rules_path=str(rules), health={"interval_seconds": 0.2}
+        )
+        health_file = settings.data_dir / HEALTH_FILE
+        with running_node(settings) as node:
+            wait_for(lambda: read_health(health_file)[0], what="healthy at start")
+            postgres_server.pause()
+            try:
+                def outage_reported() -> bool:
+                    problems = read_health(health_file)[1].get("problems", [])
+                    return any("database unreachable" in p for p in problems)
+
+                wait_for(
+                    outage_reported,
+                    timeout=30,
+                    what="the outage in the health report",
+                )
+                wait_for(
+                    lambda: all(w.beat.outage is not None for w in node.workers),
+                    timeout=30,
+                    what="every worker to notice the outage",
+                )
+            finally:
+                postgres_server.resume()
+            assert all(w.is_alive() for w in node.workers)
+            wait_for(lambda: read_health(health_file)[0], timeout=30, what="healthy again")
+            series_uid = generate_uid()
+            assert store(node.port, [synthetic_ct(series_uid, number=n) for n in (1, 2)]) == [0, 0]
+            wait_for(lambda: all_delivered(node, 1), timeout=60, what="routing and delivery after the outage")
+            assert len(sink.received) == 2

@@ -169,3 +169,4 @@ def test_a_dead_lettered_route_job_is_requeued_by_deliveries_retry(tmp_path: Pat
             assert analyser.calls == 3
         finally:
             service.stop(drain_seconds=5)
+

@@ -27,7 +27,7 @@ from node.config import load_settings
 from node.db.migrate import MIGRATIONS_DIR, alembic_config, upgrade
 from node.db.models import AuditEvent, Job, JobKind, JobState, Series, SeriesState, utcnow
 from node.db.session import make_engine, make_session_factory
-from tests.pgserver import PostgresServer
+from tests.pgserver import DB_USER, PostgresServer
 
 pytestmark = pytest.mark.interop
 
@@ -268,3 +268,43 @@ def test_workers_survive_postgresql_stopped_and_started(
             assert store(node.port, [synthetic_ct(series_uid, number=n) for n in (1, 2)]) == [0, 0]
             wait_for(lambda: all_delivered(node, 1), timeout=60, what="routing and delivery after the outage")
             assert len(sink.received) == 2
+
+
+def test_no_transaction_is_open_while_a_series_is_analysed(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The router ends its read transaction before analysing (seconds of assembly and classification):
+    while the analyser runs, none of the node's connections is `idle in transaction`."""
+    import psycopg
+
+    from node.analysis import AnalysisResult
+    from node.app import NodeService
+    from tests.nodeutil import make_settings, store, synthetic_ct, wait_for
+
+    url = postgres_server.create_database(f"pg_no_txn_{next(_counter)}")
+    database = url.rsplit("/", 1)[-1]
+    seen: list[int] = []
+
+    class Probe:
+        def analyse(self, series_uid: str, header: object, files: object) -> AnalysisResult:
+            with psycopg.connect(
+                host="127.0.0.1", port=postgres_server.port, user=DB_USER, password=postgres_server.password,
+                dbname=database, autocommit=True,
+            ) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                    "AND state LIKE 'idle in transaction%%'",
+                    (database,),
+                ).fetchone()
+            seen.append(int(row[0]) if row else -1)
+            return AnalysisResult(summary="probed")
+
+    settings = make_settings(tmp_path, database_url=url)
+    service = NodeService(settings, analyser=Probe())
+    service.start()
+    try:
+        assert store(service.port or 0, [synthetic_ct(number=1)]) == [0]
+        wait_for(lambda: seen, what="the analysis")
+        assert seen == [0], "a connection of the node was idle in transaction during the analysis"
+    finally:
+        service.stop(drain_seconds=5)

@@ -146,7 +146,10 @@ class Router:
         audit.record(session, Events.ROUTE_DECISION, decision.summary(), details=details, **where)
         _reconcile(session, series, job.generation, decision)
         job.analysis = {"facts": analysis.facts, "summary": analysis.summary}
-        if series.state == SeriesState.COMPLETE and series.generation == job.generation:
+        # Without a rules file nothing was decided: the series stays `complete`, so that retention keeps
+        # its files until rules route it (`deliveries retry ROUTE_JOB --force`).
+        decided = decision.routing is not None
+        if decided and series.state == SeriesState.COMPLETE and series.generation == job.generation:
             series.state = SeriesState.ROUTED
         jobs.finish(session, job)
         session.commit()

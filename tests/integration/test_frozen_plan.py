@@ -170,3 +170,30 @@ def test_a_dead_lettered_route_job_is_requeued_by_deliveries_retry(tmp_path: Pat
         finally:
             service.stop(drain_seconds=5)
 
+
+
+def test_without_rules_a_series_is_kept_and_routed_once_rules_come(tmp_path: Path) -> None:
+    from node import retention
+    from node.db.models import Series, utcnow
+
+    rules_path = tmp_path / "rules.yaml"
+    settings = make_settings(tmp_path, rules_path=None, retention={"keep_seconds": 0})
+    with in_process_scp() as sink, running_node(settings) as node:
+        series_uid = generate_uid()
+        assert store(node.port, [synthetic_ct(series_uid, number=n) for n in (1, 2)]) == [0, 0]
+        wait_for(lambda: events(node, "route.decision"), what="the route step")
+        (decision,) = events(node, "route.decision")
+        assert decision.message == "no rules file configured: the series stays in the spool"
+        with node.sessions() as session:
+            assert retention.sweep(session, node.spool, 0, now=utcnow()) == 0  # kept: nothing decided
+            series = session.query(Series).filter_by(series_uid=series_uid).one()
+            assert series.state == "complete" and series.files_deleted_at is None
+        # Rules arrive; the operator routes the waiting series.
+        write_rules(rules_path, {"pacs": {"ae_title": "TESTSCP", "host": "127.0.0.1", "port": sink.port}})
+        node.rules.path = rules_path
+        node.reload_rules()
+        (route,) = jobs_in(node, JobKind.ROUTE)
+        with node.sessions() as session:
+            retry_job(session, route.id, force=True)
+        node.wake_router.set()
+        wait_for(lambda: len(sink.received) == 2, timeout=30, what="delivery once rules are in force")

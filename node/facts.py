@@ -15,6 +15,8 @@ class SeriesFacts:
     attributes: Dataset
     instance_count: int
     calling_ae: str | None = None
+    # The AE title the modality sent to (one of the node's own); None for STOW-RS and the dry run.
+    called_ae: str | None = None
     generation: int = 1
     # Namespaced values beyond the DICOM header, e.g. "classifiable", "prediction.body_part"
     # (filled by the analysis step between completion and routing).

@@ -20,7 +20,12 @@ from pydicom.valuerep import PersonName
 from node.facts import SeriesFacts
 
 # Fields about the series itself, known to the node (not read from the DICOM header).
-NODE_FIELDS = ("series.instance_count", "series.calling_ae", "series.generation")
+NODE_FIELDS = (
+    "series.instance_count",
+    "series.calling_ae",
+    "series.called_ae",
+    "series.generation",
+)
 # Names filled by the analysis step in SeriesFacts.extra (exact names and namespaces).
 EXTRA_NAMES = ("classifiable",)
 EXTRA_NAMESPACES = ("prediction.", "prior.", "disagreement.", "image.", "classification.")
@@ -160,6 +165,7 @@ def observe(ref: FieldRef, facts: SeriesFacts) -> Observed:
         value: Any = {
             "series.instance_count": facts.instance_count,
             "series.calling_ae": facts.calling_ae,
+            "series.called_ae": facts.called_ae,
             "series.generation": facts.generation,
         }[ref.text]
         return _MISSING if value is None else _from_items([value])

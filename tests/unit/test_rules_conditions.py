@@ -178,6 +178,7 @@ def test_combinators_nest_and_evaluate_every_child() -> None:
 def test_node_fields_and_extra_namespaces() -> None:
     f = facts(
         calling_ae="SCANNER1",
+        called_ae="NODE_QA",
         generation=2,
         extra={
             "classifiable": True,
@@ -190,6 +191,8 @@ def test_node_fields_and_extra_namespaces() -> None:
     assert check({"attribute": "series.instance_count", "ge": 10}, f).result is True
     assert check({"attribute": "series.instance_count", "gt": 10}, f).result is False
     assert check({"attribute": "series.calling_ae", "equals": "SCANNER1"}, f).result is True
+    assert check({"attribute": "series.called_ae", "equals": "NODE_QA"}, f).result is True
+    assert check({"attribute": "series.called_ae", "equals": "SCANNER1"}, f).result is False
     assert check({"attribute": "series.generation", "equals": 2}, f).result is True
     assert check({"attribute": "classifiable", "equals": True}, f).result is True
     assert (
@@ -203,6 +206,7 @@ def test_node_fields_and_extra_namespaces() -> None:
     assert (missing.result, missing.reason, missing.actual) == (False, "missing", None)
     assert check({"attribute": "prediction.contrast", "missing": True}, f).result is True
     assert check({"attribute": "series.calling_ae", "exists": True}, facts()).result is False
+    assert check({"attribute": "series.called_ae", "exists": True}, facts()).result is False
 
 
 def test_multi_valued_number_and_bytes_values() -> None:

@@ -213,6 +213,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert "absent.yaml" in str(info.value) and "cannot read" in str(info.value)
 
 
+def test_called_ae_is_a_node_field(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        GOOD.replace("{attribute: Modality, equals: CT}", "{attribute: series.called_ae, equals: NODE}"),
+    )
+    load_rules(path)
+
+
 def test_repository_rules_are_valid() -> None:
     for path in sorted((REPO / "rules").glob("*.yaml")):
         ruleset = load_rules(path)

@@ -183,9 +183,9 @@ def test_node_fields_and_extra_namespaces() -> None:
         extra={
             "classifiable": True,
             "prediction.body_part": "Chest",
-            "prediction.confidence": 0.93,
+            "prediction.body_part_confidence": 0.93,
             "disagreement.contrast": False,
-            "prior.body_parts": ["CHEST", "ABDOMEN"],
+            "classification.model": "ct-starter@0.1.0",
         },
     )
     assert check({"attribute": "series.instance_count", "ge": 10}, f).result is True
@@ -199,9 +199,10 @@ def test_node_fields_and_extra_namespaces() -> None:
         check({"attribute": "prediction.body_part", "in": ["Chest", "Chest-abdomen-pelvis"]}, f).result
         is True
     )
-    assert check({"attribute": "prediction.confidence", "ge": 0.9}, f).result is True
+    assert check({"attribute": "prediction.body_part_confidence", "ge": 0.9}, f).result is True
     assert check({"attribute": "disagreement.contrast", "equals": False}, f).result is True
-    assert check({"attribute": "prior.body_parts", "contains": "ABDOMEN"}, f).result is True
+    assert check({"attribute": "prediction.body_part", "contains": "Chest"}, f).result is True
+    assert check({"attribute": "classification.model", "regex": "ct-starter@.*"}, f).result is True
     missing = check({"attribute": "prediction.contrast", "equals": "yes"}, f)
     assert (missing.result, missing.reason, missing.actual) == (False, "missing", None)
     assert check({"attribute": "prediction.contrast", "missing": True}, f).result is True

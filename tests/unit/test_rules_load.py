@@ -431,3 +431,24 @@ def test_every_analysis_field_loads_with_an_operator_of_its_type(tmp_path: Path)
         else:
             loads(tmp_path, json.dumps({"attribute": spec.name, "regex": ".+"}))
 
+
+def test_schema_gives_editors_the_analysis_fields_types() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    schema = json.loads(schema_text())
+
+    def valid(condition: dict[str, object]) -> bool:
+        document = {"rules": [{"name": "a", "when": condition, "discard": True}]}
+        return jsonschema.Draft202012Validator(schema).is_valid(document)
+
+    assert valid({"attribute": "prediction.body_part", "in": ["Chest", "Abdomen"]})
+    assert not valid({"attribute": "prediction.body_part", "in": ["Chest", "Abdomn"]})
+    assert not valid({"attribute": "prediction.body_part", "equals": "Chets"})
+    assert valid({"attribute": "prediction.body_part", "equals": "chest", "ignore_case": True})
+    assert not valid({"attribute": "disagreement.any", "equals": "yes"})
+    assert valid({"attribute": "disagreement.any", "equals": True})
+    assert not valid({"attribute": "prediction.body_part_confidence", "ge": 90})
+    assert not valid({"attribute": "prior.axis_confidence", "range": [0.5, 2]})
+    assert valid({"attribute": "prediction.body_part_confidence", "range": [0.5, 1]})
+    assert valid({"attribute": "SeriesDescription", "equals": "Chets"})
+    examples = schema["$defs"]["AttributeCondition"]["properties"]["attribute"]["examples"]
+    assert "series.called_ae" in examples and "prediction.body_part" in examples

@@ -20,6 +20,7 @@ from node.classify.fields import (
     SOURCES_BY_TASK,
     UNKNOWN,
     AnalysisField,
+    markdown_table,
 )
 from node.classify.fusion import UNKNOWN as FUSION_UNKNOWN
 from node.classify.fusion import FusionPolicy, fuse_task
@@ -167,3 +168,14 @@ def test_prediction_sources_and_unknown_are_what_fusion_and_the_prior_write() ->
         assert {r.source for r in answers} <= set(SOURCES_BY_TASK[task]), task
     assert {r.source for answers in results.values() for r in answers} == set(PREDICTION_SOURCES)
     assert fuse_task("body_part", None, None, policy).label == UNKNOWN
+
+
+def test_docs_table_of_analysis_fields_is_the_registry() -> None:
+    text = (REPO / "docs" / "rules.md").read_text(encoding="utf-8")
+    start, end = "<!-- analysis-fields: start -->\n", "<!-- analysis-fields: end -->"
+    assert start in text and end in text, "docs/rules.md lost its analysis-fields markers"
+    table = text.split(start, 1)[1].split(end, 1)[0]
+    assert table.strip() == markdown_table().strip(), (
+        "docs/rules.md's table of analysis fields differs from node/classify/fields.py; regenerate it with "
+        "python -m node.classify.fields and paste it between the markers"
+    )

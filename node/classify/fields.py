@@ -158,7 +158,7 @@ def _fields() -> tuple[AnalysisField, ...]:
             AnalysisField(
                 f"prior.{task}_source",
                 "text",
-                f"the attribute that decided prior.{task}, a DICOM keyword ({SOURCE_EXAMPLES[task]}, ...); "
+                f"the attribute that decided prior.{task} ({SOURCE_EXAMPLES[task]}, ...: docs/prior.md); "
                 "`none` when none did",
             ),
         ]

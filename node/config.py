@@ -33,9 +33,17 @@ class ReceiveSettings(_Strict):
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     max_associations: int = Field(16, gt=0)
-    acse_timeout: float = 30.0
+    # Open connections from one IP address, negotiated or not; more are closed at once.
+    max_associations_per_host: int = Field(8, gt=0)
+    # The maximum PDU length the node advertises and accepts: a P-DATA-TF PDU longer than this is
+    # aborted before it is read. 1 MiB takes a 512x512 CT image in one PDU (docs/receiving.md).
+    max_pdu_bytes: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    # A connection must have sent a complete A-ASSOCIATE-RQ this long after it opened (the ARTIM
+    # timer, PS3.8 9.1.5), or it is closed.
+    negotiation_timeout: float = Field(10.0, gt=0)
     dimse_timeout: float = 30.0
-    network_timeout: float = 60.0
+    # An association idle this long is aborted; a PDU that has started must arrive in full within it.
+    network_timeout: float = Field(60.0, gt=0)
     # pynetdicom polls its sockets with a sleep per loop; see node/pynetdicom_tuning.py.
     poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
 

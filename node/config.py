@@ -32,6 +32,10 @@ class ReceiveSettings(_Strict):
     duplicate_policy: Literal["replace", "keep_first"] = "replace"
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    # AE titles the node answers to besides ae_title (A-ASSOCIATE-RQ's called AE title).
+    called_ae_titles: list[str] = []
+    # False: any called AE title is accepted (for sites whose modalities send to a wrong one).
+    check_called_ae: bool = True
     max_associations: int = Field(16, gt=0)
     # Open connections from one IP address, negotiated or not; more are closed at once.
     max_associations_per_host: int = Field(8, gt=0)
@@ -51,6 +55,16 @@ class ReceiveSettings(_Strict):
     @classmethod
     def _ae_title_valid(cls, v: str) -> str:
         return validate_ae_title(v)
+
+    @field_validator("called_ae_titles")
+    @classmethod
+    def _called_ae_titles_valid(cls, v: list[str]) -> list[str]:
+        return [validate_ae_title(title) for title in v]
+
+    @property
+    def answers_to(self) -> frozenset[str]:
+        """The called AE titles the node accepts: ae_title and called_ae_titles."""
+        return frozenset([self.ae_title, *self.called_ae_titles])
 
 
 class CompletionSettings(_Strict):

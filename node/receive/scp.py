@@ -1,4 +1,4 @@
-"""The DICOM SCP: C-ECHO and C-STORE, calling-AE allow-list, graceful drain.
+"""The DICOM SCP: C-ECHO and C-STORE, called- and calling-AE checks, graceful drain.
 
 Handlers are plain functions with their dependencies bound (pynetdicom's evt_handlers args). The
 C-STORE handler does only what must happen before the status: validate, spool with fsync, commit
@@ -74,6 +74,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 
 # A-ASSOCIATE-RJ reasons: (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
 
 
@@ -94,6 +95,12 @@ def _calling_ae(event: evt.Event) -> str:
     primitive = event.assoc.requestor.primitive
     title = primitive.calling_ae_title if primitive is not None else event.assoc.requestor.ae_title
     return str(title).strip()
+
+
+def _called_ae(event: evt.Event) -> str | None:
+    """The AE title the peer asked for in its A-ASSOCIATE-RQ."""
+    primitive = event.assoc.requestor.primitive
+    return str(primitive.called_ae_title).strip() if primitive is not None else None
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -119,6 +126,7 @@ def handle_store(
         transfer_syntax_uid=str(event.context.transfer_syntax),
         calling_ae=calling_ae,
         peer=peer,
+        called_ae=_called_ae(event),
         command_sop_class_uid=str(request.AffectedSOPClassUID),
         command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
     )
@@ -135,6 +143,7 @@ class AssociationPolicy:
 
     def __init__(self, settings: ReceiveSettings, session_factory: sessionmaker[Session]) -> None:
         self._allowed = settings.allowed_callers
+        self._answers_to = settings.answers_to if settings.check_called_ae else None
         self._sessions = session_factory
         self._draining = threading.Event()
 
@@ -149,21 +158,24 @@ class AssociationPolicy:
 
     def on_requested(self, event: evt.Event) -> None:
         calling_ae = _calling_ae(event)
+        called_ae = _called_ae(event)
         host = event.assoc.requestor.address
         if self._draining.is_set():
             reason, why = REJECT_BUSY, "node is shutting down"
+        elif self._answers_to is not None and called_ae not in self._answers_to:
+            reason, why = REJECT_CALLED_AE, f"called AE title {called_ae!r} is not the node's"
         elif not self.is_allowed(calling_ae, host):
             reason, why = REJECT_CALLING_AE, "calling AE title/host not in allowed_callers"
         else:
             return
         event.assoc.acse.send_reject(*reason)
-        logger.warning("association from %s (%s) rejected: %s", calling_ae, host, why)
+        logger.warning("association from %s (%s) to %s rejected: %s", calling_ae, host, called_ae, why)
         self._audit(
             Events.ASSOCIATION_REJECTED,
             why,
             calling_ae,
             _peer(event),
-            {"result": reason[0], "source": reason[1], "diagnostic": reason[2]},
+            {"result": reason[0], "source": reason[1], "diagnostic": reason[2], "called_ae": called_ae},
         )
 
     def on_protocol_error(self, event: evt.Event) -> None:

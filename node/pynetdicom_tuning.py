@@ -31,6 +31,7 @@ applies.
      no application context) gets A-ABORT "invalid PDU parameter value". Then the connection closes;
    - the body is read into one preallocated buffer with recv_into, as much as the kernel has per
      call (pynetdicom reads 4 KiB at a time: about 130 recv calls per 512x512 CT image).
+   TLS sockets (not used by the node) keep pynetdicom's reader.
 
 4. DIMSE requests pynetdicom would leave unanswered (DIMSEServiceProvider.receive_primitive and
    Association._serve_request are wrapped): a PDV on an even or not accepted presentation context
@@ -54,6 +55,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import struct
 import threading
 import time as _time
@@ -91,10 +93,17 @@ CONTROL_PDU_LIMIT = 64
 # When this side advertised no maximum (0), as some test peers do: still a bound on one allocation.
 UNADVERTISED_PDU_LIMIT = 64 * 1024 * 1024
 
-A_ASSOCIATE_RQ_TYPE, P_DATA_TF_TYPE = 0x01, 0x04
+P_DATA_TF_TYPE = 0x04
 _CONTROL_TYPES = (0x05, 0x06, 0x07)
-_PDU_NAMES = {1: "A-ASSOCIATE-RQ", 2: "A-ASSOCIATE-AC", 3: "A-ASSOCIATE-RJ", 4: "P-DATA-TF",
-              5: "A-RELEASE-RQ", 6: "A-RELEASE-RP", 7: "A-ABORT"}
+_PDU_NAMES = {
+    1: "A-ASSOCIATE-RQ",
+    2: "A-ASSOCIATE-AC",
+    3: "A-ASSOCIATE-RJ",
+    4: "P-DATA-TF",
+    5: "A-RELEASE-RQ",
+    6: "A-RELEASE-RP",
+    7: "A-ABORT",
+}
 # A-ABORT source 2 (service-provider) reasons, PS3.8 9.3.8.
 REASON_NOT_SPECIFIED = 0x00
 REASON_UNRECOGNIZED_PDU = 0x01
@@ -106,9 +115,6 @@ _ESTABLISHED = frozenset({"Sta6", "Sta7", "Sta8", "Sta9", "Sta10", "Sta11", "Sta
 # has processed the transport indication (Evt5) that pynetdicom queues when the connection opens.
 _AWAITING_RQ = frozenset({"Sta1", "Sta2"})
 
-
-def _awaiting_rq(dul: _dul.DULServiceProvider) -> bool:
-    return dul.assoc.is_acceptor and dul.state_machine.current_state in _AWAITING_RQ
 
 # DIMSE statuses (PS3.7 Annex C) for requests the node refuses before any service sees them.
 STATUS_INVALID_SOP_INSTANCE = 0x0117
@@ -156,6 +162,12 @@ def poll_delay_installed() -> float | None:
 
 
 # -- 3. reading PDUs -------------------------------------------------------------------------------
+
+_ORIGINAL_READ_PDU = _dul.DULServiceProvider._read_pdu_data
+
+
+def _awaiting_rq(dul: _dul.DULServiceProvider) -> bool:
+    return dul.assoc.is_acceptor and dul.state_machine.current_state in _AWAITING_RQ
 
 
 def fill(sock: socket.socket, view: memoryview, deadline: float | None) -> int | None:
@@ -237,6 +249,10 @@ def _read_pdu(self: _dul.DULServiceProvider) -> None:
     sock = transport.socket if transport is not None else None
     if transport is None or sock is None:
         self.event_queue.put("Evt17")
+        return
+    if isinstance(sock, ssl.SSLSocket):
+        # recv_into(..., MSG_DONTWAIT) is not allowed on TLS sockets; the node does not use TLS.
+        _ORIGINAL_READ_PDU(self)
         return
     state = self.state_machine.current_state
     deadline = _deadline(self)
@@ -391,7 +407,7 @@ def _unknown_command(
         _refuse(assoc, context_id, command, STATUS_UNRECOGNIZED_OPERATION, why)
     if command.get("CommandDataSetType", 0x0101) != 0x0101:
         _DISCARDING.add(self)
-    rest = pdvs[done + 1:]
+    rest = pdvs[done + 1 :]
     if rest:
         _receive_primitive(self, _p_data(rest))
 
@@ -575,7 +591,6 @@ CONN_OPEN_HANDLERS = [(evt.EVT_CONN_OPEN, tune_association)]
 
 # -- install ---------------------------------------------------------------------------------------
 
-_ORIGINAL_READ_PDU = _dul.DULServiceProvider._read_pdu_data
 
 def install(poll_delay_seconds: float = DEFAULT_POLL_DELAY) -> None:
     """Install every change above, process wide; idempotent (a second call only sets the delay)."""
@@ -595,4 +610,3 @@ def installed() -> bool:
         and poll_delay_installed() is not None
         and _config.STORE_SEND_CHUNKED_DATASET
     )
-

@@ -84,8 +84,10 @@ def associate_rq(
 
 def p_data_tf(pdvs: list[tuple[int, int, bytes]], declared_length: int | None = None) -> bytes:
     """P-DATA-TF (PS3.8 9.3.5). pdvs: (presentation context ID, message control header, fragment)."""
-    body = b"".join(struct.pack(">LB", len(data) + 2, context_id) + bytes([control]) + data
-                    for context_id, control, data in pdvs)
+    body = b"".join(
+        struct.pack(">LB", len(data) + 2, context_id) + bytes([control]) + data
+        for context_id, control, data in pdvs
+    )
     return pdu(P_DATA_TF, body, declared_length)
 
 
@@ -117,8 +119,12 @@ def command_set(elements: dict[int, bytes | str | int]) -> bytes:
 
 
 def c_store_rq(message_id: int, sop_class: str | None, sop_instance: str | None) -> bytes:
-    elements: dict[int, bytes | str | int] = {0x0100: C_STORE_RQ, 0x0110: message_id, 0x0700: 0,
-                                              0x0800: 0x0000}
+    elements: dict[int, bytes | str | int] = {
+        0x0100: C_STORE_RQ,
+        0x0110: message_id,
+        0x0700: 0,
+        0x0800: 0x0000,
+    }
     if sop_class is not None:
         elements[0x0002] = sop_class
     if sop_instance is not None:
@@ -138,7 +144,7 @@ def parse_command(data: bytes) -> dict[int, bytes]:
         group, element, length = struct.unpack_from("<HHL", data, offset)
         offset += 8
         if group == 0:
-            out[element] = data[offset:offset + length]
+            out[element] = data[offset : offset + length]
         offset += length
     return out
 
@@ -205,7 +211,7 @@ class Answer:
             length, _context = struct.unpack_from(">LB", self.body, offset)
             control = self.body[offset + 5]
             if control & 1:
-                data += self.body[offset + 6:offset + 4 + length]
+                data += self.body[offset + 6 : offset + 4 + length]
             offset += 4 + length
         return parse_command(data)
 
@@ -216,8 +222,9 @@ class Answer:
 class RawPeer:
     """One TCP connection to the node; `source` binds the client end (e.g. "127.0.0.2")."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None,
-                 connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", source: str | None = None, connect_timeout: float = 5.0
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if source is not None:
             self.sock.bind((source, 0))
@@ -228,8 +235,9 @@ class RawPeer:
     def __enter__(self) -> RawPeer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -284,8 +292,13 @@ class RawPeer:
             if got.kind == "timeout":
                 return False
 
-    def associate(self, called_ae: str = "NODE", calling_ae: str = "RAWPEER",
-                  contexts: list[tuple[int, str, list[str]]] | None = None, timeout: float = 10.0) -> Answer:
+    def associate(
+        self,
+        called_ae: str = "NODE",
+        calling_ae: str = "RAWPEER",
+        contexts: list[tuple[int, str, list[str]]] | None = None,
+        timeout: float = 10.0,
+    ) -> Answer:
         """Send an A-ASSOCIATE-RQ (by default CT storage and Verification) and return the answer."""
         if contexts is None:
             contexts = [(1, CT_IMAGE_STORAGE, [EXPLICIT_VR_LE]), (3, VERIFICATION, [IMPLICIT_VR_LE])]

@@ -88,11 +88,13 @@ def test_migration_0002_adds_a_nullable_series_called_ae(tmp_path: Path) -> None
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.execute(text(
-            "INSERT INTO series (series_uid, study_uid, state, generation, instance_count, "
-            "first_received_at, last_received_at) VALUES ('1.2.3', '1.2', 'receiving', 1, 0, "
-            "'2026-12-01 00:00:00', '2026-12-01 00:00:00')"
-        ))
+        conn.execute(
+            text(
+                "INSERT INTO series (series_uid, study_uid, state, generation, instance_count, "
+                "first_received_at, last_received_at) VALUES ('1.2.3', '1.2', 'receiving', 1, 0, "
+                "'2026-12-01 00:00:00', '2026-12-01 00:00:00')"
+            )
+        )
         command.upgrade(cfg, "0002")
         assert conn.execute(text("SELECT called_ae FROM series")).scalar_one() is None
         column = next(c for c in inspect(conn).get_columns("series") if c["name"] == "called_ae")

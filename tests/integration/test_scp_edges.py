@@ -122,7 +122,7 @@ def test_p_data_limit_is_the_advertised_maximum(tmp_path: Path) -> None:
             # A P-DATA-TF of exactly the advertised length (PS3.8: the PDU's variable field) is fine.
             peer.send(p_data_tf([(1, 0x03, c_store_rq(1, CT_IMAGE_STORAGE, ds.SOPInstanceUID))]))
             fragment = 8192 - 6
-            chunks = [data[i:i + fragment] for i in range(0, len(data), fragment)]
+            chunks = [data[i : i + fragment] for i in range(0, len(data), fragment)]
             for n, chunk in enumerate(chunks):
                 sent = p_data_tf([(1, 0x02 if n == len(chunks) - 1 else 0x00, chunk)])
                 assert n == len(chunks) - 1 or len(sent) == 6 + 8192
@@ -276,8 +276,11 @@ def test_unknown_command_field_gets_0211_and_the_association_goes_on(tmp_path: P
             assert answer.status() == 0x0211
             assert struct.unpack("<H", answer.command()[0x0100])[0] == 0x8077
             # With a data set: the data set is skipped, the next request is served.
-            peer.send(p_data_tf([(1, 0x03, command_set({**unknown, 0x0110: 6, 0x0800: 0x0000})),
-                                 (1, 0x00, b"\0" * 100)]))
+            peer.send(
+                p_data_tf(
+                    [(1, 0x03, command_set({**unknown, 0x0110: 6, 0x0800: 0x0000})), (1, 0x00, b"\0" * 100)]
+                )
+            )
             assert peer.answer(5).status() == 0x0211
             peer.send(p_data_tf([(1, 0x02, b"\0" * 100), (3, 0x03, c_echo_rq(7))]))
             assert peer.answer(5).status() == 0x0000

@@ -30,6 +30,7 @@ def tuned_pynetdicom() -> None:
     """DimseSender relies on node.pynetdicom_tuning.install() (NodeService.start calls it)."""
     install()
 
+
 SETTINGS = ForwardSettings(dimse_timeout=10.0, acse_timeout=5.0, network_timeout=10.0)
 
 

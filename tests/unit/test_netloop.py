@@ -67,7 +67,8 @@ def test_dimse_seams() -> None:
     assert "self.message.decode_msg(primitive" in inspect.getsource(netloop._ORIGINAL_RECEIVE_PRIMITIVE)
     assert "is_valid_request" in inspect.getsource(netloop._ORIGINAL_SERVE_REQUEST)
     assert dimse.DIMSEServiceProvider.receive_primitive in (
-        netloop._ORIGINAL_RECEIVE_PRIMITIVE, netloop._receive_primitive
+        netloop._ORIGINAL_RECEIVE_PRIMITIVE,
+        netloop._receive_primitive,
     )
 
 

@@ -57,16 +57,17 @@ def pdu(pdu_type: int, body: bytes, declared_length: int | None = None) -> bytes
 def associate_rq(
     called_ae: str,
     calling_ae: str,
-    contexts: list[tuple[int, str, list[str]]],
+    contexts: list[tuple[int, str | None, list[str]]],
     max_pdu: int = 16384,
     declared_length: int | None = None,
 ) -> bytes:
-    """A-ASSOCIATE-RQ (PS3.8 9.3.2). contexts: (ID, abstract syntax, transfer syntaxes); an empty
-    abstract syntax or an empty list leaves that sub-item out (a malformed request)."""
+    """A-ASSOCIATE-RQ (PS3.8 9.3.2). contexts: (ID, abstract syntax, transfer syntaxes). Malformed on
+    request: abstract syntax None leaves its sub-item out, "" sends it empty; an empty list sends no
+    transfer syntax sub-item, "" in the list an empty one."""
     variable = _item(0x10, APPLICATION_CONTEXT.encode("ascii"))
     for context_id, abstract, transfers in contexts:
         sub = b""
-        if abstract:
+        if abstract is not None:
             sub += _item(0x30, _uid(abstract))
         for transfer in transfers:
             sub += _item(0x40, _uid(transfer))

@@ -89,9 +89,9 @@ def test_associate_rq_claiming_2_gib_is_aborted_without_allocating(tmp_path: Pat
         with RawPeer(node.port) as peer:
             peer.send(pdu(A_ASSOCIATE_RQ, b"\0" * 100, declared_length=2**31))
             answer = peer.answer(10)
+            assert rss() - before < RSS_TOLERANCE
             assert answer.abort == ABORT_INVALID_PARAMETER, answer
             assert peer.closed_by_node(10)
-        assert rss() - before < RSS_TOLERANCE
         [aborted] = events(node, "association.aborted")
         assert "2147483648" in aborted.message and aborted.details["reason"] == 6
         assert echo_ok(node.port)
@@ -104,9 +104,9 @@ def test_p_data_claiming_4_gib_inside_an_association_is_aborted_without_allocati
             established(peer)
             peer.send(pdu(P_DATA_TF, b"\0" * 64, declared_length=0xFFFFFFF0))
             answer = peer.answer(10)
+            assert rss() - before < RSS_TOLERANCE
             assert answer.abort == ABORT_INVALID_PARAMETER, answer
             assert peer.closed_by_node(10)
-        assert rss() - before < RSS_TOLERANCE
         assert events(node, "association.aborted")[0].details["answer"] == "A-ABORT"
         assert store(node.port, [synthetic_ct()]) == [0]
 
@@ -211,12 +211,25 @@ def test_unknown_pdu_type_first_gets_abort_unrecognized_pdu(tmp_path: Path) -> N
 
 
 def test_associate_rq_without_abstract_and_transfer_syntax_is_aborted(tmp_path: Path) -> None:
+    malformed = [
+        [(1, None, [])],  # no sub-items at all
+        [(1, "", [""])],  # both sub-items present, empty
+        [(1, CT_IMAGE_STORAGE, [])],  # no transfer syntax
+        [(2, CT_IMAGE_STORAGE, [EXPLICIT_VR_LE])],  # even context ID
+    ]
     with running_node(make_settings(tmp_path)) as node:
-        with RawPeer(node.port) as peer:
-            peer.send(associate_rq("NODE", "RAWPEER", [(1, "", [])]))
-            assert peer.answer(5).abort == ABORT_INVALID_PARAMETER
-            assert peer.closed_by_node(5)
-        assert "no abstract syntax" in events(node, "association.aborted")[0].message
+        for contexts in malformed:
+            with RawPeer(node.port) as peer:
+                peer.send(associate_rq("NODE", "RAWPEER", contexts))
+                assert peer.answer(5).abort == ABORT_INVALID_PARAMETER, contexts
+                assert peer.closed_by_node(5)
+        messages = [e.message for e in events(node, "association.aborted")]
+        assert messages == [
+            "presentation context 1 has no abstract syntax",
+            "presentation context 1 has no abstract syntax",
+            "presentation context 1 has no transfer syntax",
+            "A-ASSOCIATE-RQ with even presentation context ID 2",
+        ]
         assert echo_ok(node.port)
 
 
@@ -247,8 +260,14 @@ def test_c_store_without_affected_sop_instance_uid_gets_0117_and_the_association
                 assert struct.unpack("<H", answer.command()[0x0100])[0] == 0x8001
             peer.send(p_data_tf([(3, 0x03, c_echo_rq(9))]))
             assert peer.answer(5).status() == 0x0000
+            # Without Affected SOP Class UID: 0x0122, and still the association goes on.
+            peer.send(p_data_tf([(1, 0x03, c_store_rq(10, None, "1.2.3.4"))]))
+            peer.send(p_data_tf([(1, 0x02, data_set_bytes(synthetic_ct()))]))
+            assert peer.answer(5).status() == 0x0122
+            peer.send(p_data_tf([(3, 0x03, c_echo_rq(11))]))
+            assert peer.answer(5).status() == 0x0000
         refused = events(node, "dimse.refused")
-        assert [r.details["status"] for r in refused] == [0x0117, 0x0117]
+        assert [r.details["status"] for r in refused] == [0x0117, 0x0117, 0x0122]
         assert "Affected SOP Instance UID" in refused[0].message and refused[0].calling_ae == "RAWPEER"
 
 

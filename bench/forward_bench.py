@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from node.config import ForwardSettings  # noqa: E402
 from node.deliver.destinations import DimseDestination  # noqa: E402
 from node.deliver.dimse import DimseSender  # noqa: E402
-from node.pynetdicom_tuning import install_poll_delay  # noqa: E402
+from node.pynetdicom_tuning import install  # noqa: E402
 from tests.peers import ct_files, instance_files, require_binary, run_storescp  # noqa: E402
 
 
@@ -36,8 +36,8 @@ def main() -> int:
                         help="node.pynetdicom_tuning poll delay as the node runs it (0: stock 1 ms loops)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.poll_delay > 0:
-        install_poll_delay(args.poll_delay)
+    # DimseSender relies on install() (as NodeService.start does); a 0.01 s cap leaves the 1 ms sleeps.
+    install(args.poll_delay if args.poll_delay > 0 else 0.01)
     storescu = require_binary("storescu")
     paths = ct_files(args.series)
     files = instance_files(paths)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from node import audit, jobs, retention
+from node import audit, jobs, pynetdicom_tuning, retention
 from node.analysis import SeriesAnalyser
 from node.audit import Events
 from node.classify.factory import build_analyser
@@ -64,6 +65,8 @@ class NodeService:
         self.spool = Spool(self.settings.resolved_spool_dir)
         self.rules = RulesHolder(self.settings.rules_path)
         self.stop_event = threading.Event()
+        # Set by a second SIGTERM/SIGINT: stop without waiting for the drain.
+        self.force_stop = threading.Event()
         self.stopped = threading.Event()
         self.wake_router = threading.Event()
         self.wake_delivery = threading.Event()
@@ -102,6 +105,7 @@ class NodeService:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> int:
+        pynetdicom_tuning.install(self.settings.receive.poll_delay_seconds)
         with self.sessions() as session:
             recovered = jobs.recover_interrupted(session)
             audit.record(
@@ -176,15 +180,18 @@ class NodeService:
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         logger.info("stopping: refusing new associations, draining those in progress")
-        self.scp.stop(drain_seconds)
+        self.scp.stop(drain_seconds, self.force_stop)
         self.tracker.shutdown()
         self.stop_event.set()
         self.wake_router.set()
         self.wake_delivery.set()
+        deadline = time.monotonic() + drain_seconds
         for worker in self.workers:
-            worker.join(drain_seconds)
+            # Forced: a job cut short stays `running` and is requeued at the next start.
+            while worker.is_alive() and time.monotonic() < deadline and not self.force_stop.is_set():
+                worker.join(0.1)
         if self.health is not None:
-            self.health.join(drain_seconds)
+            self.health.join(max(0.0, deadline - time.monotonic()))
             self.health.remove_file()
         self.spool.close()
         close = getattr(self.analyser, "close", None)
@@ -203,6 +210,11 @@ class NodeService:
         should_exit = threading.Event()
 
         def _exit(signum: int, _frame: FrameType | None) -> None:
+            if should_exit.is_set():
+                name = signal.Signals(signum).name
+                logger.warning("received %s again: aborting associations in progress", name)
+                self.force_stop.set()
+                return
             logger.info("received %s", signal.Signals(signum).name)
             should_exit.set()
 

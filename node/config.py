@@ -32,10 +32,22 @@ class ReceiveSettings(_Strict):
     duplicate_policy: Literal["replace", "keep_first"] = "replace"
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    # AE titles the node answers to besides ae_title (A-ASSOCIATE-RQ's called AE title).
+    called_ae_titles: list[str] = []
+    # False: any called AE title is accepted (for sites whose modalities send to a wrong one).
+    check_called_ae: bool = True
     max_associations: int = Field(16, gt=0)
-    acse_timeout: float = 30.0
+    # Open connections from one IP address, negotiated or not; more are closed at once.
+    max_associations_per_host: int = Field(8, gt=0)
+    # The maximum PDU length the node advertises and accepts: a P-DATA-TF PDU longer than this is
+    # aborted before it is read. 1 MiB takes a 512x512 CT image in one PDU (docs/receiving.md).
+    max_pdu_bytes: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    # A connection must have sent a complete A-ASSOCIATE-RQ this long after it opened (the ARTIM
+    # timer, PS3.8 9.1.5), or it is closed.
+    negotiation_timeout: float = Field(10.0, gt=0)
     dimse_timeout: float = 30.0
-    network_timeout: float = 60.0
+    # An association idle this long is aborted; a PDU that has started must arrive in full within it.
+    network_timeout: float = Field(60.0, gt=0)
     # pynetdicom polls its sockets with a sleep per loop; see node/pynetdicom_tuning.py.
     poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
 
@@ -43,6 +55,16 @@ class ReceiveSettings(_Strict):
     @classmethod
     def _ae_title_valid(cls, v: str) -> str:
         return validate_ae_title(v)
+
+    @field_validator("called_ae_titles")
+    @classmethod
+    def _called_ae_titles_valid(cls, v: list[str]) -> list[str]:
+        return [validate_ae_title(title) for title in v]
+
+    @property
+    def answers_to(self) -> frozenset[str]:
+        """The called AE titles the node accepts: ae_title and called_ae_titles."""
+        return frozenset([self.ae_title, *self.called_ae_titles])
 
 
 class CompletionSettings(_Strict):

@@ -1,35 +1,137 @@
-"""The one place where the node tunes pynetdicom's networking. Keep every such tweak here.
+"""The one place where the node changes pynetdicom's behaviour. Keep every such change here.
+
+Everything is installed once, process wide, by `install()` (NodeService.start calls it; a benchmark or
+test that uses pynetdicom without a NodeService calls it itself). Nothing here is installed from a
+constructor. tests/unit/test_netloop.py fails if pynetdicom's internals move so that a seam no longer
+applies.
 
 1. TCP_NODELAY. dcmtk and pynetdicom leave Nagle's algorithm on; on C-STORE traffic (a small
-   response after each large request) it costs 5-30x throughput. `set_nodelay` is an EVT_CONN_OPEN
-   handler for both the SCP and the SCU side.
+   response after each large request) it costs 5-30x throughput. `set_nodelay` / `tune_association`
+   are EVT_CONN_OPEN handlers for both the SCP and the SCU side.
 
 2. Poll delay. pynetdicom's association reactor sleeps a fixed 1 ms per loop and its DUL reactor
    sleeps `_run_loop_delay` (1 ms) when idle. Those sleeps, not CPU, set the per-instance floor
-   (~2.5 ms against dcmtk's ~0.23 ms). `install_poll_delay` replaces the `time` module seen by
-   pynetdicom's association module with a shim whose `sleep` is capped at the configured delay, and
-   sets the DUL delay per association (`tune_association`). Nothing else of pynetdicom is changed;
-   tests/unit/test_netloop.py fails if pynetdicom's internals move so that the seam no longer applies.
+   (~2.5 ms against dcmtk's ~0.23 ms). `install` replaces the `time` module seen by pynetdicom's
+   association module with a shim whose `sleep` is capped at the configured delay, and
+   `tune_association` sets the DUL delay per association.
 
-3. Large reads. pynetdicom's AssociationSocket.recv reads a PDU 4 KiB at a time into a growing
-   bytearray (about 130 recv calls and Python loop turns per 512x512 CT image).
-   `install_fast_recv` replaces that one method with a version of the same contract (read exactly
-   nr_bytes, return what was read if the peer closes) that reads into a preallocated buffer with
-   recv_into, as much as the kernel has. Measured: about +10% images/s on the receive path.
+3. Reading PDUs (DULServiceProvider._read_pdu_data is replaced by `_read_pdu`). pynetdicom reads the
+   6-byte header, then allocates and waits for whatever length it declares, without a deadline. Here:
+   - the declared length is checked before anything is allocated: at most NEGOTIATION_PDU_LIMIT
+     for the association PDUs, CONTROL_PDU_LIMIT for A-RELEASE and A-ABORT, and for P-DATA-TF the
+     maximum PDU length this side advertised (the SCP: receive.max_pdu_bytes). Above it: A-ABORT
+     (service-provider, "invalid PDU parameter value") and close;
+   - a PDU that has started must arrive in full within the network timeout and, before the
+     A-ASSOCIATE-RQ is complete, within what is left of the ARTIM timer (PS3.8 9.1.5; pynetdicom sets
+     it to acse_timeout, which the SCP sets to receive.negotiation_timeout). Past the ARTIM deadline
+     the connection is closed (PS3.8: ARTIM expiry in Sta2 closes the transport); past the network
+     timeout inside an association, A-ABORT and close;
+   - an unknown PDU type gets A-ABORT "unrecognized PDU"; an undecodable PDU or a malformed
+     A-ASSOCIATE-RQ (a presentation context without abstract or transfer syntax, even context IDs,
+     no application context) gets A-ABORT "invalid PDU parameter value". Then the connection closes;
+   - the body is read into one preallocated buffer with recv_into, as much as the kernel has per
+     call (pynetdicom reads 4 KiB at a time: about 130 recv calls per 512x512 CT image).
+   TLS sockets (not used by the node) keep pynetdicom's reader.
+
+4. DIMSE requests pynetdicom would leave unanswered (DIMSEServiceProvider.receive_primitive and
+   Association._serve_request are wrapped): a PDV on an even or not accepted presentation context
+   gets A-ABORT "invalid PDU parameter value"; an unknown command field gets a response with status
+   0x0211 (unrecognized operation, PS3.7 C.5); a request that lacks a required parameter gets a
+   failure response (C-STORE without Affected SOP Instance UID: 0x0117 invalid SOP instance; without
+   Affected SOP Class UID: 0x0122 SOP class not supported; otherwise 0x0212 mistyped argument).
+   The association stays usable after a status.
+
+5. Connections per calling host: `start_server` runs a ThreadedAssociationServer subclass whose
+   verify_request closes a new connection at once when its IP already has `max_per_host` open ones
+   (negotiated or not). `close_unnegotiated` and `abort_associations` serve the shutdown drain.
+
+Every abort, close and refusal above triggers EVT_PROTOCOL_ERROR (a pynetdicom notification event
+defined here) with `answer` ("A-ABORT", "closed", "status"), `why`, and `source`/`reason` or `status`,
+so that the SCP can audit it.
 """
 
 from __future__ import annotations
 
+import logging
+import select
 import socket
+import ssl
+import struct
+import threading
 import time as _time
 import types
-from typing import Any
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, cast
 
+from pydicom.dataset import Dataset
+from pynetdicom import _config, evt
 from pynetdicom import association as _association
-from pynetdicom import evt
+from pynetdicom import dimse as _dimse
+from pynetdicom import dul as _dul
 from pynetdicom import transport as _transport
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import _MESSAGE_TYPES
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_items import TransferSyntaxSubItem
+from pynetdicom.pdu_primitives import P_DATA
 
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLL_DELAY = 0.0001
 _DEFAULT_DUL_DELAY = 0.001
+
+# An A-ASSOCIATE-RQ with 128 presentation contexts of 10 transfer syntaxes each is about 38 KiB; a
+# user identity item carries at most 2 x 64 KiB but real tokens are a few KiB. 128 KiB fits both.
+NEGOTIATION_PDU_LIMIT = 128 * 1024
+# A-RELEASE-RQ/RP and A-ABORT have a 4-byte body (PS3.8 9.3.6-9.3.8); anything much larger is hostile.
+CONTROL_PDU_LIMIT = 64
+# When this side advertised no maximum (0), as some test peers do: still a bound on one allocation.
+UNADVERTISED_PDU_LIMIT = 64 * 1024 * 1024
+
+P_DATA_TF_TYPE = 0x04
+_CONTROL_TYPES = (0x05, 0x06, 0x07)
+_PDU_NAMES = {
+    1: "A-ASSOCIATE-RQ",
+    2: "A-ASSOCIATE-AC",
+    3: "A-ASSOCIATE-RJ",
+    4: "P-DATA-TF",
+    5: "A-RELEASE-RQ",
+    6: "A-RELEASE-RP",
+    7: "A-ABORT",
+}
+# A-ABORT source 2 (service-provider) reasons, PS3.8 9.3.8.
+REASON_NOT_SPECIFIED = 0x00
+REASON_UNRECOGNIZED_PDU = 0x01
+REASON_INVALID_PARAMETER = 0x06
+SOURCE_PROVIDER = 0x02
+# Established: the states in which P-DATA may flow (PS3.8 Table 9-10).
+_ESTABLISHED = frozenset({"Sta6", "Sta7", "Sta8", "Sta9", "Sta10", "Sta11", "Sta12"})
+# An acceptor awaits the A-ASSOCIATE-RQ in Sta2; its first PDU may be read in Sta1, before the DUL
+# has processed the transport indication (Evt5) that pynetdicom queues when the connection opens.
+_AWAITING_RQ = frozenset({"Sta1", "Sta2"})
+
+
+# DIMSE statuses (PS3.7 Annex C) for requests the node refuses before any service sees them.
+STATUS_INVALID_SOP_INSTANCE = 0x0117
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_MISTYPED_ARGUMENT = 0x0212
+STATUS_UNRECOGNIZED_OPERATION = 0x0211
+_REQUEST_FIELDS: dict[type, int] = {C_STORE: 0x0001, C_ECHO: 0x0030}
+
+# pynetdicom's PDU decoders raise these on malformed input.
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, struct.error, UnicodeDecodeError)
+
+EVT_PROTOCOL_ERROR = evt.NotificationEvent(
+    "EVT_PROTOCOL_ERROR", "The node aborted, closed or refused on a protocol error (node.pynetdicom_tuning)"
+)
+
+
+# -- 2. poll delay ---------------------------------------------------------------------------------
 
 
 class _CappedSleepTime(types.ModuleType):
@@ -46,8 +148,7 @@ class _CappedSleepTime(types.ModuleType):
         return getattr(_time, name)
 
 
-def install_poll_delay(seconds: float) -> None:
-    """Cap pynetdicom's association-reactor sleep at `seconds` (process wide, idempotent)."""
+def _install_poll_delay(seconds: float) -> None:
     current = _association.__dict__.get("time")
     if isinstance(current, _CappedSleepTime):
         current.cap = seconds
@@ -55,38 +156,414 @@ def install_poll_delay(seconds: float) -> None:
         _association.time = _CappedSleepTime(seconds)
 
 
-def _recv_exactly(self: _transport.AssociationSocket, nr_bytes: int) -> bytearray:
-    """AssociationSocket.recv with large reads: exactly nr_bytes, or fewer if the peer closed."""
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    sock = self.socket
-    assert sock is not None
-    read = 0
-    while read < nr_bytes:
-        got = sock.recv_into(view[read:], nr_bytes - read)
-        if not got:  # connection closed: return what arrived, as pynetdicom's own recv does
-            del view
-            del buffer[read:]
-            return buffer
-        read += got
-    return buffer
-
-
-_ORIGINAL_RECV = _transport.AssociationSocket.recv
-
-
-def install_fast_recv() -> None:
-    """Use _recv_exactly for every pynetdicom association socket in this process (idempotent)."""
-    _transport.AssociationSocket.recv = _recv_exactly  # type: ignore[method-assign]
-
-
-def fast_recv_installed() -> bool:
-    return _transport.AssociationSocket.recv is _recv_exactly
-
-
 def poll_delay_installed() -> float | None:
     current = _association.__dict__.get("time")
     return current.cap if isinstance(current, _CappedSleepTime) else None
+
+
+# -- 3. reading PDUs -------------------------------------------------------------------------------
+
+_ORIGINAL_READ_PDU = _dul.DULServiceProvider._read_pdu_data
+
+
+def _awaiting_rq(dul: _dul.DULServiceProvider) -> bool:
+    return dul.assoc.is_acceptor and dul.state_machine.current_state in _AWAITING_RQ
+
+
+def fill(sock: socket.socket, view: memoryview, deadline: float | None) -> int | None:
+    """Read into all of `view`; returns the count (less than len(view) if the peer closed), or None
+    when `deadline` (time.monotonic) passed first. Reads without waiting (MSG_DONTWAIT) and waits
+    with poll when the kernel has nothing, so the socket's own blocking mode and timeout (shared with
+    the threads that send on it) are never changed."""
+    poller: select.poll | None = None
+    read, size = 0, len(view)
+    while read < size:
+        try:
+            got = sock.recv_into(view[read:], size - read, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+            if deadline is None:
+                poller.poll()
+                continue
+            remaining = deadline - _time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                return None
+            continue
+        except (ConnectionError, TimeoutError):
+            return read
+        if not got:
+            return read
+        read += got
+    return read
+
+
+def _deadline(dul: _dul.DULServiceProvider) -> float | None:
+    timeout = dul.network_timeout
+    if _awaiting_rq(dul) and dul.artim_timer.timeout is not None:
+        artim = max(dul.artim_timer.remaining, 0.0)
+        timeout = artim if timeout is None else min(timeout, artim)
+    return None if timeout is None else _time.monotonic() + timeout
+
+
+def _limit(dul: _dul.DULServiceProvider, pdu_type: int, state: str) -> int:
+    if pdu_type == P_DATA_TF_TYPE and state in _ESTABLISHED:
+        assoc = dul.assoc
+        local = assoc.acceptor if assoc.is_acceptor else assoc.requestor
+        advertised = int(local.maximum_length or 0)
+        return advertised or UNADVERTISED_PDU_LIMIT
+    if pdu_type in _CONTROL_TYPES:
+        return CONTROL_PDU_LIMIT
+    return NEGOTIATION_PDU_LIMIT
+
+
+def _association_rq_problem(pdu: A_ASSOCIATE_RQ) -> str | None:
+    """Why an A-ASSOCIATE-RQ is malformed (PS3.8 9.3.2), or None."""
+    if not pdu.application_context_name:
+        return "A-ASSOCIATE-RQ without application context"
+    contexts = pdu.presentation_context
+    if not contexts:
+        return "A-ASSOCIATE-RQ without presentation contexts"
+    for item in contexts:
+        context_id = item.context_id or 0
+        if context_id % 2 == 0:
+            return f"A-ASSOCIATE-RQ with even presentation context ID {context_id}"
+        sub_items = item.abstract_transfer_syntax_sub_items
+        transfers = [s for s in sub_items if isinstance(s, TransferSyntaxSubItem)]
+        if not item.abstract_syntax:
+            return f"presentation context {context_id} has no abstract syntax"
+        if not transfers or not all(s.transfer_syntax_name for s in transfers):
+            return f"presentation context {context_id} has no transfer syntax"
+    try:
+        pdu.to_primitive()
+    except _DECODE_ERRORS as exc:
+        return f"A-ASSOCIATE-RQ not usable: {type(exc).__name__}"
+    return None
+
+
+def _read_pdu(self: _dul.DULServiceProvider) -> None:
+    """DULServiceProvider._read_pdu_data with caps, deadlines and answers to malformed PDUs; the
+    events it queues for the state machine are pynetdicom's (Evt17 closed, Evt3-16 per PDU type)."""
+    transport = self.socket
+    sock = transport.socket if transport is not None else None
+    if transport is None or sock is None:
+        self.event_queue.put("Evt17")
+        return
+    if isinstance(sock, ssl.SSLSocket):
+        # recv_into(..., MSG_DONTWAIT) is not allowed on TLS sockets; the node does not use TLS.
+        _ORIGINAL_READ_PDU(self)
+        return
+    state = self.state_machine.current_state
+    deadline = _deadline(self)
+    header = bytearray(6)
+    got = fill(sock, memoryview(header), deadline)
+    if got is None:
+        _timed_out(self, "a PDU header")
+        return
+    if got < 6:
+        _peer_closed(self)
+        return
+    pdu_type, _, length = struct.unpack(">BBL", header)
+    name = _PDU_NAMES.get(pdu_type)
+    if name is None:
+        _abort(self, REASON_UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
+        return
+    limit = _limit(self, pdu_type, state)
+    if length > limit:
+        _abort(self, REASON_INVALID_PARAMETER, f"{name} declares {length} bytes, more than the limit {limit}")
+        return
+    data = bytearray(6 + length)
+    data[:6] = header
+    got = fill(sock, memoryview(data)[6:], deadline)
+    if got is None:
+        _timed_out(self, f"a {length}-byte {name}")
+        return
+    if got < length:
+        _peer_closed(self)
+        return
+    try:
+        pdu, event = self._decode_pdu(data)
+    except _DECODE_ERRORS as exc:
+        _abort(self, REASON_INVALID_PARAMETER, f"undecodable {name}: {type(exc).__name__}")
+        return
+    if isinstance(pdu, A_ASSOCIATE_RQ):
+        problem = _association_rq_problem(pdu)
+        if problem is not None:
+            _abort(self, REASON_INVALID_PARAMETER, problem)
+            return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
+def _peer_closed(dul: _dul.DULServiceProvider) -> None:
+    """The peer closed the connection (mid-PDU or between PDUs): Evt17, as pynetdicom queues it."""
+    dul.event_queue.put("Evt17")
+    if _awaiting_rq(dul):
+        _wake_acceptor(dul)
+
+
+def _timed_out(dul: _dul.DULServiceProvider, what: str) -> None:
+    if _awaiting_rq(dul):
+        # ARTIM expiry while awaiting the A-ASSOCIATE-RQ: close the transport, send nothing (AA-2).
+        _notify(dul, "closed", f"{what} did not arrive within the negotiation timeout (ARTIM)")
+        _close(dul)
+    else:
+        _abort(dul, REASON_NOT_SPECIFIED, f"{what} did not arrive in full within the network timeout")
+
+
+def _peer(assoc: Association) -> str:
+    remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    info = remote.address_info
+    return f"{info.address}:{info.port}" if info is not None else "?"
+
+
+def _notify(dul: _dul.DULServiceProvider, answer: str, why: str, **details: int) -> None:
+    logger.warning("%s from %s: %s", answer, _peer(dul.assoc), why)
+    evt.trigger(dul.assoc, EVT_PROTOCOL_ERROR, {"answer": answer, "why": why, **details})
+
+
+def _abort(dul: _dul.DULServiceProvider, reason: int, why: str) -> None:
+    """Send A-ABORT (service-provider, `reason`) and close the connection."""
+    pdu = A_ABORT_RQ()
+    pdu.source = SOURCE_PROVIDER
+    pdu.reason_diagnostic = reason
+    transport = dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.send(pdu.encode())
+    _notify(dul, "A-ABORT", why, source=SOURCE_PROVIDER, reason=reason)
+    _close(dul)
+
+
+def _close(dul: _dul.DULServiceProvider) -> None:
+    """Close the transport from the DUL thread (pynetdicom queues Evt17 for the state machine)."""
+    awaiting_rq = _awaiting_rq(dul)
+    if dul.socket is not None:
+        dul.socket.close()
+    if awaiting_rq:
+        _wake_acceptor(dul)
+
+
+def _wake_acceptor(dul: _dul.DULServiceProvider) -> None:
+    """The acceptor's Association thread waits acse_timeout for the A-ASSOCIATE-RQ on to_user_queue;
+    None is what its timeout yields, so it ends now instead (and frees its slot)."""
+    dul.to_user_queue.put(None)  # type: ignore[arg-type]
+
+
+# -- 4. DIMSE requests -----------------------------------------------------------------------------
+
+_ORIGINAL_RECEIVE_PRIMITIVE = _dimse.DIMSEServiceProvider.receive_primitive
+_ORIGINAL_SERVE_REQUEST = _association.Association._serve_request
+# DIMSE providers that are dropping the data set of a message they refused.
+_DISCARDING: weakref.WeakSet[_dimse.DIMSEServiceProvider] = weakref.WeakSet()
+
+
+def _receive_primitive(self: _dimse.DIMSEServiceProvider, primitive: P_DATA) -> None:
+    """DIMSEServiceProvider.receive_primitive that checks context IDs and command fields first."""
+    assoc = self.assoc
+    pdvs = list(primitive.presentation_data_value_list)
+    for context_id, _data in pdvs:
+        if context_id % 2 == 0 or context_id not in assoc._accepted_cx:
+            kind = "even" if context_id % 2 == 0 else "not accepted"
+            _abort(assoc.dul, REASON_INVALID_PARAMETER, f"PDV on presentation context {context_id} ({kind})")
+            return
+    if self in _DISCARDING:
+        while pdvs and self in _DISCARDING:
+            _context_id, data = pdvs.pop(0)
+            if data[0] & 1:
+                _DISCARDING.discard(self)
+                why = "command fragment inside the data set of a refused message"
+                _abort(assoc.dul, REASON_INVALID_PARAMETER, why)
+                return
+            if data[0] & 2:
+                _DISCARDING.discard(self)
+        if not pdvs:
+            return
+        primitive = _p_data(pdvs)
+    try:
+        _ORIGINAL_RECEIVE_PRIMITIVE(self, primitive)
+    except KeyError:
+        command = getattr(self.message, "command_set", None)
+        field = command.get("CommandField") if command is not None else None
+        if command is None or field is None or field in _MESSAGE_TYPES:
+            raise
+        self.message = None
+        _unknown_command(self, command, pdvs)
+
+
+def _unknown_command(
+    self: _dimse.DIMSEServiceProvider, command: Dataset, pdvs: list[tuple[int, bytes]]
+) -> None:
+    """pynetdicom's decoder raised on a command field it does not know: answer 0x0211 (requests),
+    skip the message's data set, carry on with the PDVs after the command."""
+    assoc = self.assoc
+    done = next(i for i, (_cx, data) in enumerate(pdvs) if data[0] & 3 == 3)
+    context_id = int(pdvs[done][0])
+    field = int(command.CommandField)
+    why = f"unknown DIMSE command field 0x{field:04X}"
+    if field & 0x8000:
+        _notify(assoc.dul, "ignored", why)
+    else:
+        _refuse(assoc, context_id, command, STATUS_UNRECOGNIZED_OPERATION, why)
+    if command.get("CommandDataSetType", 0x0101) != 0x0101:
+        _DISCARDING.add(self)
+    rest = pdvs[done + 1 :]
+    if rest:
+        _receive_primitive(self, _p_data(rest))
+
+
+def _p_data(pdvs: list[tuple[int, bytes]]) -> P_DATA:
+    primitive = P_DATA()
+    # pynetdicom's setter wants lists, though its annotation says tuples.
+    primitive.presentation_data_value_list = cast(Any, [[int(cx), bytes(data)] for cx, data in pdvs])
+    return primitive
+
+
+def _serve_request(self: Association, msg: Any, context_id: int) -> None:
+    """Association._serve_request that answers requests lacking required parameters, which
+    pynetdicom drops without a response."""
+    request_field = _REQUEST_FIELDS.get(type(msg))
+    if request_field is None or msg.is_valid_request or getattr(msg, "Status", None) is not None:
+        _ORIGINAL_SERVE_REQUEST(self, msg, context_id)
+        return
+    command = Dataset()
+    command.CommandField = request_field
+    command.MessageID = msg.MessageID if msg.MessageID is not None else 0
+    if msg.AffectedSOPClassUID:
+        command.AffectedSOPClassUID = msg.AffectedSOPClassUID
+    if isinstance(msg, C_STORE) and msg.AffectedSOPClassUID is None:
+        status, why = STATUS_SOP_CLASS_NOT_SUPPORTED, "C-STORE-RQ without Affected SOP Class UID"
+    elif isinstance(msg, C_STORE) and msg.AffectedSOPInstanceUID is None:
+        status, why = STATUS_INVALID_SOP_INSTANCE, "C-STORE-RQ without Affected SOP Instance UID"
+    else:
+        missing = [k for k in type(msg).REQUEST_KEYWORDS if getattr(msg, k) is None]
+        status, why = STATUS_MISTYPED_ARGUMENT, f"request without {', '.join(missing)}"
+    _refuse(self, context_id, command, status, why)
+
+
+def _refuse(assoc: Association, context_id: int, command: Dataset, status: int, why: str) -> None:
+    """Send the failure response to `command` (a request's command set) on `context_id`."""
+    response = Dataset()
+    if "AffectedSOPClassUID" in command:
+        response.AffectedSOPClassUID = command.AffectedSOPClassUID
+    response.CommandField = int(command.CommandField) | 0x8000
+    response.MessageIDBeingRespondedTo = int(command.get("MessageID", 0) or 0)
+    response.CommandDataSetType = 0x0101
+    response.Status = status
+    response.ErrorComment = why[:64]
+    body = encode(response, True, True) or b""
+    group_length = struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body))
+    assoc.dul.send_pdu(_p_data([(context_id, b"\x03" + group_length + body)]))
+    _notify(assoc.dul, "status", why, status=status)
+
+
+# -- 5. connections per host, shutdown -------------------------------------------------------------
+
+
+def _is_open(assoc: Association) -> bool:
+    transport = assoc.dul.socket
+    return transport is not None and transport.socket is not None
+
+
+class HostLimitedServer(_transport.ThreadedAssociationServer):
+    """Closes a new connection at once when its IP already has `max_per_host` open connections."""
+
+    def __init__(self, *args: Any, max_per_host: int, on_refused: Callable[[str, int], None], **kwargs: Any):
+        self.max_per_host = max_per_host
+        self._on_refused = on_refused
+        self._starting: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def open_connections(self, host: str) -> int:
+        live = sum(1 for a in self.active_associations if _is_open(a) and a.requestor.address == host)
+        return live + self._starting[host]
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0])
+        with self._count_lock:
+            count = self.open_connections(host)
+            if count >= self.max_per_host:
+                refused = True
+            else:
+                refused = False
+                self._starting[host] += 1
+        if refused:
+            self._on_refused(host, count)
+        return not refused
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The Association thread is running (counted by open_connections) once this returns.
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self._starting[str(client_address[0])] -= 1
+
+
+def start_server(
+    ae: ApplicationEntity,
+    address: tuple[str, int],
+    evt_handlers: list[Any],
+    max_per_host: int,
+    on_refused: Callable[[str, int], None],
+) -> HostLimitedServer:
+    """ae.start_server(address, block=False, ...) with HostLimitedServer."""
+    server = cast(
+        HostLimitedServer,
+        ae.make_server(
+            address,
+            evt_handlers=evt_handlers,
+            server_class=HostLimitedServer,
+            max_per_host=max_per_host,
+            on_refused=on_refused,
+        ),
+    )
+    thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # AssociationServer.shutdown removes it from there
+    return server
+
+
+def established(ae: ApplicationEntity) -> list[Association]:
+    return [a for a in ae.active_associations if a.is_acceptor and a.is_established]
+
+
+_CLOSED: weakref.WeakSet[Association] = weakref.WeakSet()
+
+
+def close_unnegotiated(ae: ApplicationEntity) -> int:
+    """Close every accepted connection still awaiting its A-ASSOCIATE-RQ; returns how many."""
+    closed = 0
+    for assoc in ae.active_associations:
+        dul = assoc.dul
+        if assoc in _CLOSED or not _awaiting_rq(dul) or not _is_open(assoc):
+            continue
+        transport = dul.socket
+        sock = transport.socket if transport is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the DUL thread reads end-of-file: Evt17
+            except OSError:
+                pass
+        _CLOSED.add(assoc)
+        _wake_acceptor(dul)
+        closed += 1
+    return closed
+
+
+def abort_associations(ae: ApplicationEntity) -> int:
+    """A-ABORT every established association and close what else is open; returns how many."""
+    close_unnegotiated(ae)
+    aborted = 0
+    for assoc in ae.active_associations:
+        if assoc.is_acceptor and assoc.is_established:
+            assoc.abort()  # blocking: A-ABORT sent, state machine idle, socket shut down
+            aborted += 1
+    return aborted
+
+
+# -- 1. TCP_NODELAY and the per-association handlers ------------------------------------------------
 
 
 def _socket_of(event: evt.Event) -> socket.socket | None:
@@ -102,7 +579,7 @@ def set_nodelay(event: evt.Event) -> None:
 
 
 def tune_association(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY plus the DUL idle-poll delay from install_poll_delay."""
+    """EVT_CONN_OPEN handler: TCP_NODELAY plus the DUL idle-poll delay from install()."""
     set_nodelay(event)
     cap = poll_delay_installed()
     if cap is not None and hasattr(event.assoc.dul, "_run_loop_delay"):
@@ -110,3 +587,26 @@ def tune_association(event: evt.Event) -> None:
 
 
 CONN_OPEN_HANDLERS = [(evt.EVT_CONN_OPEN, tune_association)]
+
+
+# -- install ---------------------------------------------------------------------------------------
+
+
+def install(poll_delay_seconds: float = DEFAULT_POLL_DELAY) -> None:
+    """Install every change above, process wide; idempotent (a second call only sets the delay)."""
+    _install_poll_delay(poll_delay_seconds)
+    _dul.DULServiceProvider._read_pdu_data = _read_pdu  # type: ignore[method-assign]
+    _dimse.DIMSEServiceProvider.receive_primitive = _receive_primitive  # type: ignore[method-assign]
+    _association.Association._serve_request = _serve_request  # type: ignore[method-assign]
+    # send_c_store(<path>) sends the encoded data set straight from the file (node.deliver.dimse).
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def installed() -> bool:
+    return (
+        _dul.DULServiceProvider._read_pdu_data is _read_pdu
+        and _dimse.DIMSEServiceProvider.receive_primitive is _receive_primitive
+        and _association.Association._serve_request is _serve_request
+        and poll_delay_installed() is not None
+        and _config.STORE_SEND_CHUNKED_DATASET
+    )

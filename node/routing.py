@@ -110,7 +110,7 @@ class Router:
         files = [self._spool.absolute(i.path) for i in instances]
         stored = _stored_analysis(job.analysis)
         series_id, series_uid, count = series.id, series.series_uid, series.instance_count
-        calling_ae, called_ae = series.calling_ae, getattr(series, "called_ae", None)
+        calling_ae, called_ae = series.calling_ae, series.called_ae
         session.commit()  # no transaction stays open while files are read and the series is analysed
         try:
             header = pydicom.dcmread(header_path, stop_before_pixels=True)

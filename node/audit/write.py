@@ -14,6 +14,8 @@ class Events:
 
     ASSOCIATION_ACCEPTED = "association.accepted"
     ASSOCIATION_REJECTED = "association.rejected"
+    ASSOCIATION_ABORTED = "association.aborted"
+    DIMSE_REFUSED = "dimse.refused"
     INSTANCE_STORED = "instance.stored"
     INSTANCE_DUPLICATE = "instance.duplicate"
     INSTANCE_REPLACED = "instance.replaced"

@@ -74,6 +74,8 @@ class Series(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     modality: Mapped[str | None] = mapped_column(String(16))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
+    # The AE title the first instance was sent to (A-ASSOCIATE-RQ called AE), as calling_ae.
+    called_ae: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), index=True)
     # 1 for the first completion; each follow-up (instances after completion) adds one.
     generation: Mapped[int] = mapped_column(Integer, default=1)

@@ -7,7 +7,8 @@ Little Endian (or exactly the destination's ``transfer_syntaxes`` when configure
 
 An instance whose stored syntax was accepted is sent from its file as stored, without decoding: the
 bytes after the File Meta Information go out as they are on disk (pynetdicom's chunked sending,
-``_config.STORE_SEND_CHUNKED_DATASET``; it only applies when a path is passed to ``send_c_store``). An
+``_config.STORE_SEND_CHUNKED_DATASET``, set by ``node.pynetdicom_tuning.install()``, which must have run;
+it only applies when a path is passed to ``send_c_store``). An
 instance whose syntax was refused is decompressed (node.deliver.transcode) and sent uncompressed.
 
 Stalls: pynetdicom's SCU sometimes loses a C-STORE response and waits for ``dimse_timeout`` before
@@ -33,7 +34,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -168,9 +169,6 @@ class DimseSender:
         self._settings = settings
         self._fast_path = fast_path
         self._default_calling_ae = validate_ae_title(default_calling_ae)
-        # Process wide, but it only changes send_c_store(<path>) which only this module uses: send
-        # the encoded data set straight from the file instead of decoding and re-encoding it.
-        _config.STORE_SEND_CHUNKED_DATASET = True
 
     def send(
         self, destination: DimseDestination, files: Sequence[InstanceFile], on_sent: OnSent

@@ -38,6 +38,8 @@ class Received:
     transfer_syntax_uid: str
     calling_ae: str | None
     peer: str | None
+    # The AE title the sender called (A-ASSOCIATE-RQ); None where the transport has none.
+    called_ae: str | None = None
     # From the C-STORE request, when there is one, to check against the dataset.
     command_sop_class_uid: str | None = None
     command_sop_instance_uid: str | None = None
@@ -309,6 +311,7 @@ class Ingest:
                 study_uid=ident.study_uid,
                 modality=str(item.dataset.get("Modality", "") or "") or None,
                 calling_ae=item.calling_ae,
+                called_ae=item.called_ae,
                 state=SeriesState.RECEIVING,
                 generation=1,
                 instance_count=0,

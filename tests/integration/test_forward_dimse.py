@@ -24,9 +24,16 @@ from node.config import ForwardSettings
 from node.deliver.base import InstanceFile
 from node.deliver.destinations import DimseDestination
 from node.deliver.dimse import DimseSender
+from node.pynetdicom_tuning import install
 from tests.peers import free_port, in_process_scp, make_series
 
 FAST = ForwardSettings(dimse_timeout=1.0, acse_timeout=2.0, network_timeout=5.0, stall_retries=2)
+
+
+@pytest.fixture(autouse=True)
+def tuned_pynetdicom() -> None:
+    """DimseSender relies on node.pynetdicom_tuning.install() (NodeService.start calls it)."""
+    install()
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "send_c_store"])

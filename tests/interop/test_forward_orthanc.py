@@ -11,9 +11,16 @@ from pydicom import dcmread
 from node.config import ForwardSettings
 from node.deliver.destinations import DimseDestination
 from node.deliver.dimse import DimseSender
+from node.pynetdicom_tuning import install
 from tests.peers import ct_files, instance_files, run_orthanc
 
 pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(autouse=True)
+def tuned_pynetdicom() -> None:
+    """DimseSender relies on node.pynetdicom_tuning.install() (NodeService.start calls it)."""
+    install()
 
 SETTINGS = ForwardSettings(dimse_timeout=10.0, acse_timeout=5.0, network_timeout=10.0)
 

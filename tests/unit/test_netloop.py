@@ -1,12 +1,18 @@
-"""The pynetdicom seams in node/pynetdicom_tuning.py still apply to the installed pynetdicom."""
+"""The pynetdicom seams in node/pynetdicom_tuning.py still apply to the installed pynetdicom.
+
+Each test names what the tuning module relies on in pynetdicom's source; if pynetdicom moves it,
+the test fails, and the seam must be revisited before the node can rely on it again.
+"""
 
 from __future__ import annotations
 
 import inspect
 import socket
+import socketserver
 import threading
+import time
 
-from pynetdicom import association, dul, transport
+from pynetdicom import _config, association, dimse, dimse_messages, dul, fsm, transport
 
 from node import pynetdicom_tuning as netloop
 
@@ -17,40 +23,87 @@ def test_association_reactor_sleeps_through_module_time() -> None:
     assert "time.sleep(" in source
 
 
-def test_poll_delay_caps_sleep() -> None:
-    netloop.install_poll_delay(0.0002)
+def test_install_is_idempotent_and_sets_the_poll_cap() -> None:
+    netloop.install(0.0002)
+    assert netloop.installed()
     assert netloop.poll_delay_installed() == 0.0002
-    assert association.time.sleep is not None
-    netloop.install_poll_delay(0.0001)  # idempotent: the same shim, a new cap
+    netloop.install(0.0001)  # idempotent: the same shim, a new cap
     assert netloop.poll_delay_installed() == 0.0001
+    assert netloop.installed()
+    assert _config.STORE_SEND_CHUNKED_DATASET is True
 
 
 def test_dul_has_run_loop_delay() -> None:
     assert "_run_loop_delay" in inspect.getsource(dul.DULServiceProvider.__init__)
 
 
-def test_fast_recv_reads_exact_count_and_partial_on_close() -> None:
-    original = transport.AssociationSocket.recv
-    netloop.install_fast_recv()
-    try:
-        assert netloop.fast_recv_installed()
-        left, right = socket.socketpair()
-        payload = bytes(range(256)) * 1000  # 256000 bytes, more than one kernel read
+def test_dul_reads_pdus_through_read_pdu_data() -> None:
+    # _read_pdu replaces _read_pdu_data: the transport check must still call it, and it must still
+    # be the method that reads the 6-byte header and queues the decoded PDU with its event.
+    assert "self._read_pdu_data()" in inspect.getsource(dul.DULServiceProvider._is_transport_event)
+    original = inspect.getsource(netloop._ORIGINAL_READ_PDU)
+    assert "def _read_pdu_data(self)" in original
+    assert "self.socket.recv(6)" in original
+    assert 'struct.unpack(">BBL"' in original
+    assert "self._decode_pdu(" in original and "self._recv_pdu.put(pdu)" in original
+    assert "self.event_queue.put(" in original
 
-        class Holder:
-            socket = right
 
-        writer = threading.Thread(
-            target=lambda: (left.sendall(payload[:200000]), left.sendall(payload[200000:]))
-        )
-        writer.start()
-        got = netloop._recv_exactly(Holder(), len(payload))  # type: ignore[arg-type]
-        writer.join()
-        assert bytes(got) == payload
-        left.sendall(b"abc")
-        left.close()
-        partial = netloop._recv_exactly(Holder(), 10)  # type: ignore[arg-type]
-        assert bytes(partial) == b"abc"
-        right.close()
-    finally:
-        transport.AssociationSocket.recv = original  # type: ignore[method-assign]
+def test_acceptor_waits_for_the_rq_on_to_user_queue_for_acse_timeout() -> None:
+    # _wake_acceptor puts None there; ARTIM is the acse_timeout.
+    source = inspect.getsource(association.Association.run_reactor)
+    assert "receive_pdu(wait=True, timeout=self.acse_timeout)" in source
+    assert "if primitive is None:" in source
+    assert "artim_timer.timeout = value" in inspect.getsource(association.Association)
+    assert fsm.TRANSITION_TABLE[("Evt17", "Sta2")] == "AA-5"
+    assert fsm.TRANSITION_TABLE[("Evt17", "Sta6")] == "AA-4"
+
+
+def test_dimse_seams() -> None:
+    # _receive_primitive wraps receive_primitive, which decode_msg serves and which raises KeyError
+    # on an unknown command field; _serve_request wraps the method that drops invalid requests.
+    assert "dimse.receive_primitive(" in inspect.getsource(fsm.DT_2)
+    assert "_MESSAGE_TYPES[" in inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert "self.message.decode_msg(primitive" in inspect.getsource(netloop._ORIGINAL_RECEIVE_PRIMITIVE)
+    assert "is_valid_request" in inspect.getsource(netloop._ORIGINAL_SERVE_REQUEST)
+    assert dimse.DIMSEServiceProvider.receive_primitive in (
+        netloop._ORIGINAL_RECEIVE_PRIMITIVE,
+        netloop._receive_primitive,
+    )
+
+
+def test_server_seams() -> None:
+    # HostLimitedServer relies on socketserver's verify_request and pynetdicom's process_request_thread
+    # and on AssociationServer.shutdown removing the server from ae._servers.
+    assert "self.verify_request(" in inspect.getsource(socketserver.BaseServer._handle_request_noblock)
+    assert not any("verify_request" in vars(cls) for cls in transport.ThreadedAssociationServer.__mro__[:-3])
+    assert "process_request_thread" in transport.ThreadedAssociationServer.__dict__
+    assert "self.ae._servers.remove(" in inspect.getsource(transport.AssociationServer.shutdown)
+
+
+def test_fill_reads_exact_count_and_partial_on_close() -> None:
+    left, right = socket.socketpair()
+    payload = bytes(range(256)) * 1000  # 256000 bytes, more than one kernel read
+    writer = threading.Thread(target=lambda: (left.sendall(payload[:200000]), left.sendall(payload[200000:])))
+    writer.start()
+    buffer = bytearray(len(payload))
+    assert netloop.fill(right, memoryview(buffer), time.monotonic() + 10) == len(payload)
+    writer.join()
+    assert bytes(buffer) == payload
+    left.sendall(b"abc")
+    left.close()
+    partial = bytearray(10)
+    assert netloop.fill(right, memoryview(partial), time.monotonic() + 10) == 3
+    assert bytes(partial[:3]) == b"abc"
+    right.close()
+
+
+def test_fill_gives_up_at_the_deadline_without_changing_the_socket() -> None:
+    left, right = socket.socketpair()
+    left.sendall(b"ab")
+    started = time.monotonic()
+    assert netloop.fill(right, memoryview(bytearray(6)), started + 0.2) is None
+    assert 0.15 <= time.monotonic() - started < 5
+    assert right.gettimeout() is None  # still blocking for the threads that send on it
+    left.close()
+    right.close()

@@ -22,11 +22,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from node.facts import SeriesFacts
+from node.rules.field_types import VALUE_OPERATORS as FIELD_TYPE_OPERATORS
+from node.rules.field_types import check_operand
 from node.rules.fields import (
     REDACTED,
     FieldRef,
@@ -203,6 +206,8 @@ class AttributeCondition(_Model):
     attribute: str = Field(
         description="DICOM keyword, tag (gggg,eeee), or node field (series.*, prediction.*...)"
     )
+    # Before the operators, so that their validators see it.
+    ignore_case: bool = Field(False, description="text operators compare without regard to case")
     equals: Scalar | None = None
     not_equals: Scalar | None = None
     in_: list[Scalar] | None = Field(None, alias="in", min_length=1)
@@ -215,7 +220,6 @@ class AttributeCondition(_Model):
     gt: Number | None = None
     ge: Number | None = None
     range: tuple[Number, Number] | None = Field(None, description="[low, high], both inclusive")
-    ignore_case: bool = Field(False, description="text operators compare without regard to case")
 
     _ref: FieldRef = PrivateAttr()
     _pattern: re.Pattern[str] | None = PrivateAttr(None)
@@ -259,6 +263,19 @@ class AttributeCondition(_Model):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+    @field_validator(*(op if op != "in" else "in_" for op in FIELD_TYPE_OPERATORS))
+    @classmethod
+    def _fits_the_field(cls, value: Any, info: ValidationInfo) -> Any:
+        """On an analysis field the value must fit its type and vocabulary (node.classify.fields)."""
+        attribute = info.data.get("attribute")
+        if value is None or attribute is None:  # no value, or the attribute is already an error
+            return value
+        spec = parse_field(attribute).analysis
+        if spec is not None:
+            op = "in" if info.field_name == "in_" else str(info.field_name)
+            check_operand(spec, op, value, ignore_case=bool(info.data.get("ignore_case", False)))
         return value
 
     @model_validator(mode="after")

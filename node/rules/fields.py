@@ -1,7 +1,8 @@
 """Fields of routing rules: what a name in a rule refers to, and a field's value in one series.
 
 A field is a DICOM keyword, a tag, a node field (series.*) or a name filled by the analysis step
-(classifiable, prediction.*, prior.*, disagreement.*); see docs/rules.md.
+(classifiable, prediction.*, prior.*, disagreement.*, ...: the registry node.classify.fields); see
+docs/rules.md.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,13 +19,19 @@ from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_dict, keyword
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from node.classify.fields import ANALYSIS_FIELDS, ANALYSIS_NAMES, ANALYSIS_NAMESPACES, AnalysisField
 from node.facts import SeriesFacts
 
 # Fields about the series itself, known to the node (not read from the DICOM header).
-NODE_FIELDS = ("series.instance_count", "series.calling_ae", "series.generation")
-# Names filled by the analysis step in SeriesFacts.extra (exact names and namespaces).
-EXTRA_NAMES = ("classifiable",)
-EXTRA_NAMESPACES = ("prediction.", "prior.", "disagreement.", "image.", "classification.")
+NODE_FIELDS = (
+    "series.instance_count",
+    "series.calling_ae",
+    "series.called_ae",
+    "series.generation",
+)
+# Names filled by the analysis step in SeriesFacts.extra (exact names and namespaces), from its registry.
+EXTRA_NAMES = ANALYSIS_NAMES
+EXTRA_NAMESPACES = ANALYSIS_NAMESPACES
 
 # Never written to the audit trail (only to an interactive dry run) even when a rule tests them.
 IDENTIFYING_KEYWORDS = frozenset(
@@ -42,7 +50,6 @@ REDACTED = "<redacted>"
 _MAX_SHOWN = 96
 
 _TAG_RE = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
-_EXTRA_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 # ---------------------------------------------------------------------------------------------- fields
@@ -58,6 +65,7 @@ class FieldRef:
     keyword: str | None = None
     vr: str | None = None
     vm: str | None = None
+    analysis: AnalysisField | None = None  # for an analysis field: its type and vocabulary
 
     @property
     def identifying(self) -> bool:
@@ -70,13 +78,16 @@ def parse_field(text: str) -> FieldRef:
     text = text.strip()
     if text in NODE_FIELDS:
         return FieldRef(text, "node")
-    if text in EXTRA_NAMES:
-        return FieldRef(text, "extra")
-    for namespace in EXTRA_NAMESPACES:
-        if text.startswith(namespace):
-            if not _EXTRA_NAME_RE.match(text[len(namespace) :]):
-                raise ValueError(f"invalid name after {namespace!r} in {text!r}")
-            return FieldRef(text, "extra")
+    spec = ANALYSIS_FIELDS.get(text)
+    if spec is not None:
+        return FieldRef(text, "extra", analysis=spec)
+    if text.startswith(EXTRA_NAMESPACES):
+        namespace = text.split(".", 1)[0] + "."
+        hint = _suggestion(text, ANALYSIS_FIELDS)
+        if not hint:
+            names = [n for n in ANALYSIS_FIELDS if n.startswith(namespace)]
+            hint = f"; the fields under {namespace!r} are {', '.join(names)}"
+        raise ValueError(f"unknown analysis field {text!r}{hint}")
     match = _TAG_RE.match(text)
     if match:
         tag = int(match.group(1) + match.group(2), 16)
@@ -89,14 +100,24 @@ def parse_field(text: str) -> FieldRef:
         tag = keyword_dict[text]
         return FieldRef(text, "dicom", tag=tag, keyword=text, vr=dictionary_VR(tag), vm=dictionary_VM(tag))
     if "." in text:
+        hint = _suggestion(text, (*NODE_FIELDS, *ANALYSIS_FIELDS))
         known = ", ".join((*NODE_FIELDS, *EXTRA_NAMES, *(n + "*" for n in EXTRA_NAMESPACES)))
-        raise ValueError(f"unknown field {text!r}; node fields are {known}")
-    hint = ""
+        raise ValueError(f"unknown field {text!r}{hint}; fields beside DICOM attributes are {known}")
     by_case = [k for k in keyword_dict if k.lower() == text.lower()]
     close = by_case or difflib.get_close_matches(text, keyword_dict.keys(), n=3, cutoff=0.8)
     if close:
         hint = " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    else:
+        hint = _suggestion(text, EXTRA_NAMES)
     raise ValueError(f"unknown DICOM keyword {text!r}{hint}; a tag may be written as (gggg,eeee)")
+
+
+def _suggestion(text: str, names: Iterable[str]) -> str:
+    """' (did you mean ...?)' for the closest of `names`, or ''."""
+    names = list(names)
+    close = [n for n in names if n.lower() == text.lower()]
+    close = close or difflib.get_close_matches(text, names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -160,6 +181,7 @@ def observe(ref: FieldRef, facts: SeriesFacts) -> Observed:
         value: Any = {
             "series.instance_count": facts.instance_count,
             "series.calling_ae": facts.calling_ae,
+            "series.called_ae": facts.called_ae,
             "series.generation": facts.generation,
         }[ref.text]
         return _MISSING if value is None else _from_items([value])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from node.classify.fields import ANALYSIS_FIELDS, AnalysisField
+from node.rules.fields import NODE_FIELDS
 from node.rules.ruleset import RuleSet
 
 
@@ -21,7 +23,44 @@ def rules_json_schema() -> dict[str, Any]:
     if "name" in dest.get("required", []):
         dest["required"] = [r for r in dest["required"] if r != "name"]
         dest["properties"]["name"]["description"] = "optional; defaults to (and must equal) the key"
+    condition = schema.get("$defs", {}).get("AttributeCondition")
+    if condition is not None:
+        condition["properties"]["attribute"]["examples"] = [*NODE_FIELDS, *ANALYSIS_FIELDS]
+        condition["allOf"] = analysis_field_schemas()
     return schema
+
+
+def analysis_field_schemas() -> list[dict[str, Any]]:
+    """if/then clauses that give editors the analysis fields' types: a label's vocabulary as an enum
+    (unless ignore_case is true), booleans for a boolean field, bounds for a number. Loading checks more
+    (node/rules/field_types.py); these only let an editor flag the commonest mistakes as they are typed."""
+    groups: dict[str, list[AnalysisField]] = {}
+    for spec in ANALYSIS_FIELDS.values():
+        if spec.kind != "text":
+            groups.setdefault(json.dumps([spec.kind, spec.vocabulary, spec.bounds]), []).append(spec)
+    clauses = []
+    for specs in groups.values():
+        spec = specs[0]
+        names = sorted(s.name for s in specs)
+        when: dict[str, Any] = {"properties": {"attribute": {"enum": names}}, "required": ["attribute"]}
+        value: dict[str, Any]
+        if spec.kind == "label":
+            value = {"enum": list(spec.vocabulary)}
+            when["not"] = {"properties": {"ignore_case": {"const": True}}, "required": ["ignore_case"]}
+        elif spec.kind == "boolean":
+            value = {"type": "boolean"}
+        else:
+            assert spec.bounds is not None
+            value = {"type": "number", "minimum": spec.bounds[0], "maximum": spec.bounds[1]}
+        properties: dict[str, Any] = {op: value for op in ("equals", "not_equals")}
+        properties["in"] = {"items": value}
+        if spec.kind == "label":
+            properties["contains"] = value
+        if spec.kind == "number":
+            properties.update({op: value for op in ("lt", "le", "gt", "ge")})
+            properties["range"] = {"items": value}
+        clauses.append({"if": when, "then": {"properties": properties}})
+    return clauses
 
 
 def schema_text() -> str:

@@ -99,18 +99,21 @@ def test_rules_check_without_a_path_is_documented() -> None:
     assert re.search(r"rules_path.{0,300}give a rules file", rules_doc, re.S)
 
 
-def test_the_broken_rules_example_in_the_docs_is_what_the_command_prints(
+def test_the_error_examples_in_the_rules_docs_are_what_the_command_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    section = DOCS[REPO / "docs" / "rules.md"].split("## Errors", 1)[1]
-    rules_text = re.search(r"```yaml\n(.*?)```", section, re.S)
-    shown = re.search(r"```\n\$ dicom-node rules check (\S+)\n(.*?)```", section, re.S)
-    assert rules_text and shown
+    """Each file shown under "Errors" (a ```yaml block) gives exactly the output shown after it."""
+    section = DOCS[REPO / "docs" / "rules.md"].split("## Errors", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(
+        r"```yaml\n(.*?)```\s*```\n\$ dicom-node rules check (\S+)\n(.*?)```", section, re.S
+    )
+    assert len(examples) >= 2
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NODE_CONFIG", raising=False)
-    Path(shown.group(1)).write_text(rules_text.group(1), encoding="utf-8")
-    assert main(["rules", "check", shown.group(1)]) == 1
-    assert capsys.readouterr().err == shown.group(2)
+    for rules_text, name, shown in examples:
+        Path(name).write_text(rules_text, encoding="utf-8")
+        assert main(["rules", "check", name]) == 1
+        assert capsys.readouterr().err == shown, name
 
 
 # --- licence -------------------------------------------------------------------------------------

@@ -178,31 +178,36 @@ def test_combinators_nest_and_evaluate_every_child() -> None:
 def test_node_fields_and_extra_namespaces() -> None:
     f = facts(
         calling_ae="SCANNER1",
+        called_ae="NODE_QA",
         generation=2,
         extra={
             "classifiable": True,
             "prediction.body_part": "Chest",
-            "prediction.confidence": 0.93,
+            "prediction.body_part_confidence": 0.93,
             "disagreement.contrast": False,
-            "prior.body_parts": ["CHEST", "ABDOMEN"],
+            "classification.model": "ct-starter@0.1.0",
         },
     )
     assert check({"attribute": "series.instance_count", "ge": 10}, f).result is True
     assert check({"attribute": "series.instance_count", "gt": 10}, f).result is False
     assert check({"attribute": "series.calling_ae", "equals": "SCANNER1"}, f).result is True
+    assert check({"attribute": "series.called_ae", "equals": "NODE_QA"}, f).result is True
+    assert check({"attribute": "series.called_ae", "equals": "SCANNER1"}, f).result is False
     assert check({"attribute": "series.generation", "equals": 2}, f).result is True
     assert check({"attribute": "classifiable", "equals": True}, f).result is True
     assert (
         check({"attribute": "prediction.body_part", "in": ["Chest", "Chest-abdomen-pelvis"]}, f).result
         is True
     )
-    assert check({"attribute": "prediction.confidence", "ge": 0.9}, f).result is True
+    assert check({"attribute": "prediction.body_part_confidence", "ge": 0.9}, f).result is True
     assert check({"attribute": "disagreement.contrast", "equals": False}, f).result is True
-    assert check({"attribute": "prior.body_parts", "contains": "ABDOMEN"}, f).result is True
+    assert check({"attribute": "prediction.body_part", "contains": "Chest"}, f).result is True
+    assert check({"attribute": "classification.model", "regex": "ct-starter@.*"}, f).result is True
     missing = check({"attribute": "prediction.contrast", "equals": "yes"}, f)
     assert (missing.result, missing.reason, missing.actual) == (False, "missing", None)
     assert check({"attribute": "prediction.contrast", "missing": True}, f).result is True
     assert check({"attribute": "series.calling_ae", "exists": True}, facts()).result is False
+    assert check({"attribute": "series.called_ae", "exists": True}, facts()).result is False
 
 
 def test_multi_valued_number_and_bytes_values() -> None:

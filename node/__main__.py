@@ -1,4 +1,4 @@
-"""`python -m node` is the same as the `node` command."""
+"""`python -m node` is the same as the `dicom-node` command."""
 
 import sys
 

@@ -18,19 +18,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from node import audit, jobs, pynetdicom_tuning, retention
+from node import COMMAND, audit, jobs, pynetdicom_tuning, retention
 from node.analysis import SeriesAnalyser
 from node.audit import Events
 from node.classify.factory import build_analyser
 from node.config import Settings
-from node.db.migrate import upgrade
+from node.db.migrate import check_schema, upgrade
 from node.db.models import JobKind
-from node.db.session import make_engine, make_session_factory
+from node.db.session import display_url, make_engine, make_session_factory, sqlite_path
 from node.deliver.deliverer import Deliverer
 from node.deliver.dimse import DimseSender
+from node.errors import DatabaseError, ListenError
 from node.health import HEALTH_FILE, HealthMonitor
 from node.receive.ingest import Ingest
 from node.receive.scp import StorageSCP
@@ -44,9 +46,37 @@ logger = logging.getLogger(__name__)
 
 
 def open_database(settings: Settings) -> sessionmaker[Session]:
-    """Engine + migrations + session factory; used by the service and by every CLI command."""
+    """Engine + migrations + session factory: creates the database where needed and migrates it.
+
+    Only `run` (the service) and `db upgrade` open the database this way; every other command uses
+    open_existing_database."""
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
+    return make_session_factory(engine)
+
+
+def open_existing_database(settings: Settings) -> sessionmaker[Session]:
+    """Session factory on a database that already exists with the newest schema; creates and migrates
+    nothing. Raises DatabaseError naming the URL (password hidden): no such SQLite file, no node schema,
+    a schema older (run `db upgrade`) or newer than this version, or a database that cannot be reached."""
+    url = settings.resolved_database_url
+    shown = display_url(url)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise DatabaseError(
+            f"no node database at {shown}: the file does not exist. `{COMMAND} run` or "
+            f"`{COMMAND} db upgrade` creates it; check --config, --data-dir or database_url"
+        )
+    engine = make_engine(url)
+    try:
+        check_schema(engine)
+    except sa_exc.SQLAlchemyError as exc:
+        engine.dispose()
+        reason = getattr(exc, "orig", None) or exc
+        raise DatabaseError(f"cannot open the database at {shown}: {reason}") from None
+    except DatabaseError:
+        engine.dispose()
+        raise
     return make_session_factory(engine)
 
 
@@ -151,7 +181,12 @@ class NodeService:
                 target=self._retention_loop, name="retention", daemon=True
             )
             self._retention_timer.start()
-        self.port = self.scp.start()
+        self._log_rules()
+        receive = self.settings.receive
+        try:
+            self.port = self.scp.start()
+        except OSError as exc:
+            raise ListenError(receive.host, receive.port, exc.strerror or str(exc)) from None
         (self.settings.data_dir / "node.pid").write_text(str(os.getpid()))
         return self.port
 
@@ -174,9 +209,32 @@ class NodeService:
             except Exception:  # process boundary: a failed sweep is retried at the next interval
                 logger.exception("retention sweep failed")
 
+    def _log_rules(self) -> None:
+        """Say which rules are in force; without rules, that received series are kept, not forwarded."""
+        ruleset = self.rules.current
+        if ruleset is None:
+            logger.warning(
+                "no rules file configured (rules_path in the config, or --rules): received series are "
+                "stored and kept, and NOT forwarded"
+            )
+            return
+        logger.info(
+            "rules: %s (%d rules, %d destinations, sha256 %s)",
+            ruleset.source,
+            len(ruleset.rules),
+            len(ruleset.destinations),
+            (ruleset.sha256 or "")[:12],
+        )
+
     def reload_rules(self) -> str:
+        """Reload the rules file (SIGHUP); audited, and logged once: the new rules, or why they were refused
+        (the old rules stay in force)."""
+        before = self.rules.current
         with self.sessions() as session:
-            return reload_rules(self.rules, session)
+            message = reload_rules(self.rules, session)  # logs a refused file itself
+        if self.rules.current is not before or self.rules.path is None:
+            self._log_rules()
+        return message
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         logger.info("stopping: refusing new associations, draining those in progress")
@@ -220,7 +278,7 @@ class NodeService:
 
         def _hup(_signum: int, _frame: FrameType | None) -> None:
             # The reload runs on its own thread: a signal handler must not block on the database.
-            threading.Thread(target=lambda: logger.info(self.reload_rules()), daemon=True).start()
+            threading.Thread(target=self.reload_rules, daemon=True).start()
 
         previous = {
             signal.SIGTERM: signal.signal(signal.SIGTERM, _exit),

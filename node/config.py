@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from node.errors import ConfigError
+from node.yaml_lines import LineDict, load_yaml, yaml_error_line
+from node.yaml_problems import (
+    Problem,
+    describe_all,
+    did_you_mean,
+    field_path,
+    keys_at,
+    kind_of,
+    locate,
+    unknown_key,
+)
 
 
 class _Strict(BaseModel):
@@ -177,35 +190,132 @@ def validate_ae_title(value: str) -> str:
     return stripped
 
 
+class ConfigFileError(ConfigError):
+    """A settings file with one or more problems; `problems` lists each with its line and field."""
+
+    def __init__(self, file: str, problems: Sequence[Problem]) -> None:
+        super().__init__(describe_all(file, problems))
+        self.file = file
+        self.problems = list(problems)
+
+
+# The paths in a settings file that are relative to the file, not to the working directory.
+_FILE_RELATIVE = (("data_dir",), ("spool_dir",), ("rules_path",), ("classify", "model_dir"))
+
+
 def load_settings(path: Path | None, overrides: dict[str, object] | None = None) -> Settings:
-    """Load settings from a YAML file (or the defaults when path is None), then apply overrides."""
-    raw: dict[str, object] = {}
+    """Load settings from a YAML file (or the defaults when path is None), then apply overrides (nested
+    mappings merge key by key: {"receive": {"port": 11113}}). Raises ConfigError; a file's problems are
+    all listed, each with its line and field, and "did you mean" for a mistyped key or choice."""
+    empty = LineDict()
+    empty.key_lines = {}
+    raw: dict[str, Any] = empty
+    where = str(path) if path is not None else "settings"
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        raw = loaded
-        # Relative paths in a config file are relative to the file, not to the working directory.
-        for key in ("data_dir", "spool_dir", "rules_path"):
-            value = raw.get(key)
+        raw = _read(path)
+        for keys in _FILE_RELATIVE:
+            holder: Any = raw
+            for key in keys[:-1]:
+                holder = holder.get(key) if isinstance(holder, dict) else None
+            value = holder.get(keys[-1]) if isinstance(holder, dict) else None
             if isinstance(value, str) and not Path(value).is_absolute():
-                raw[key] = str((path.parent / value).resolve())
-        classify = raw.get("classify")
-        if isinstance(classify, dict) and isinstance(classify.get("model_dir"), str):
-            if not Path(classify["model_dir"]).is_absolute():
-                classify["model_dir"] = str((path.parent / classify["model_dir"]).resolve())
+                holder[keys[-1]] = str((path.parent / value).resolve())
     if overrides:
-        raw = {**raw, **overrides}
+        raw = _merge(raw, overrides)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        where = str(path) if path else "settings"
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{where}: {problems}") from exc
+        problems = [_problem(error, raw, overrides or {}) for error in exc.errors(include_url=False)]
+        problems.sort(key=lambda p: p.line or 0)
+        raise ConfigFileError(where, problems) from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    try:
+        loaded = load_yaml(text)
+    except yaml.YAMLError as exc:
+        detail = str(getattr(exc, "problem", None) or exc)
+        raise ConfigFileError(
+            str(path), [Problem(f"not valid YAML: {detail}", line=yaml_error_line(exc))]
+        ) from None
+    if loaded is None:
+        empty = LineDict()
+        empty.key_lines = {}
+        return empty
+    if not isinstance(loaded, dict):
+        raise ConfigFileError(
+            str(path),
+            [Problem(f"the top level must be a mapping of settings; got {kind_of(loaded)}", line=1)],
+        )
+    return loaded
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, object]) -> LineDict:
+    """base with overrides applied; nested mappings are merged key by key. Line numbers are kept for
+    what came from the file; an overridden value has none (it came from the command line)."""
+    lines: dict[Any, int] = dict(base.key_lines) if isinstance(base, LineDict) else {}
+    merged = LineDict(base)
+    merged.line = base.line if isinstance(base, LineDict) else 0
+    merged.key_lines = {k: v for k, v in lines.items() if k not in overrides}
+    for key, value in overrides.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = _merge(below, value)
+            if key in lines:
+                merged.key_lines[key] = lines[key]
+        else:
+            merged[key] = value
+    return merged
+
+
+_TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "text",
+    "list": "a list",
+    "dict": "a mapping of settings",
+    "model": "a mapping of settings",
+    "path": "a path",
+}
+_CONSTRAINTS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long")
+
+
+def _overridden(overrides: dict[str, object], loc: Sequence[Any]) -> bool:
+    node: Any = overrides
+    for step in loc:
+        if not isinstance(node, dict) or step not in node:
+            return False
+        node = node[step]
+    return True
+
+
+def _problem(error: Any, raw: Any, overrides: dict[str, object]) -> Problem:
+    loc: tuple[Any, ...] = tuple(error["loc"])
+    kind = str(error["type"])
+    given = error.get("input")
+    message = str(error["msg"])
+    if kind == "extra_forbidden":
+        message = unknown_key(str(loc[-1]), keys_at(Settings, loc[:-1]))
+    elif kind == "missing":
+        message = "required"
+    elif kind == "literal_error":
+        expected = str(error.get("ctx", {}).get("expected", ""))
+        message = f"expected {expected}; got {kind_of(given)}"
+        if isinstance(given, str):
+            message += did_you_mean(given, re.findall(r"'([^']*)'", expected))
+    elif kind.split("_")[0] in _TYPE_WORDS and kind.endswith(("_type", "_parsing", "_from_float")):
+        message = f"expected {_TYPE_WORDS[kind.split('_')[0]]}; got {kind_of(given)}"
+    elif kind in _CONSTRAINTS:
+        message = message.replace("Input should be", "must be", 1) + f"; got {given!r}"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    if _overridden(overrides, loc):
+        return Problem(f"{message} (given on the command line)", field=field_path(loc))
+    return Problem(message, field=field_path(loc), line=locate(raw, loc))

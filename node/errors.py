@@ -55,3 +55,19 @@ class DeliveryError(NodeError):
 
 class NotFoundError(NodeError):
     """A series, delivery or other object named on the command line does not exist."""
+
+
+class DatabaseError(NodeError):
+    """The database is absent, unreachable, or at a schema this version of the node cannot use.
+
+    The message names the database URL (password hidden)."""
+
+
+class ListenError(NodeError):
+    """The DICOM port cannot be opened (in use, not permitted, no such address)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason

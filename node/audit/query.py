@@ -473,7 +473,7 @@ def render_events(events: Sequence[dict[str, Any]]) -> str:
 
 
 def cmd_audit_series(session: Session, uid: str, as_json: bool, all_events: bool = False) -> int:
-    """`node audit series UID [--json] [--all]`. Exit 2 (message on stderr) for an unknown series."""
+    """`dicom-node audit series UID [--json] [--all]`. Exit 2 (message on stderr) for an unknown series."""
     try:
         story = series_story(session, uid)
     except NotFoundError as exc:
@@ -490,7 +490,7 @@ def cmd_audit_recent(
     since: dt.datetime | str | None,
     as_json: bool,
 ) -> int:
-    """`node audit recent [--limit N] [--event PREFIX] [--since ISO|AGE] [--json]`, newest first."""
+    """`dicom-node audit recent [--limit N] [--event PREFIX] [--since ISO|AGE] [--json]`, newest first."""
     try:
         since_dt = parse_since(since) if isinstance(since, str) else since
         events = recent_events(session, limit=limit, event=event, since=since_dt)

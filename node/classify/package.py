@@ -6,7 +6,7 @@
       docs/README.md          optional: the model card
 
 Nothing is ever downloaded: a package is a directory on disk, shipped with the node or trained on site
-with `node train`. Every inconsistency is a `ModelPackageError` that names the file and the field.
+with `dicom-node train`. Every inconsistency is a `ModelPackageError` that names the file and the field.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`node rules check` and `node rules test`: validate a rules file; dry-run it on DICOM files.
+"""`dicom-node rules check` and `dicom-node rules test`: validate a rules file; dry-run it on DICOM files.
 
 The dry run reads headers, groups instances by SeriesInstanceUID, and shows per series which rules
 matched, why each did or did not, and where the series would go. Nothing is sent. With an analyser (the
@@ -252,7 +252,7 @@ def check(path: Path) -> tuple[bool, str]:
 
 
 def cmd_rules_check(path: Path) -> int:
-    """`node rules check PATH`: 0 if valid (report on stdout), 1 if not (errors on stderr)."""
+    """`dicom-node rules check PATH`: 0 if valid (report on stdout), 1 if not (errors on stderr)."""
     ok, message = check(path)
     print(message, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
@@ -267,7 +267,7 @@ def cmd_rules_test(
     calling_ae: str | None = None,
     called_ae: str | None = None,
 ) -> int:
-    """`node rules test PATH`: 0 with a report on stdout; 1 for invalid rules, 2 for unusable data."""
+    """`dicom-node rules test PATH`: 0 with a report on stdout; 1 for invalid rules, 2 for unusable data."""
     try:
         ruleset = load_rules(Path(rules))
         result, decisions = decide_folder(ruleset, data, analyser, calling_ae=calling_ae, called_ae=called_ae)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from node.errors import RulesError
 from node.rules.conditions import LEAF_KEYS, Condition
 from node.rules.evaluation import FALLBACK
 from node.yaml_lines import LineDict, load_yaml, yaml_error_line
+from node.yaml_problems import Problem, kind_of, line_of, unknown_key
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE_COMPILED = re.compile(NAME_PATTERN)
@@ -145,14 +145,6 @@ class RuleSet(_Strict):
 # ---------------------------------------------------------------------------------------------- loading
 
 
-@dataclass(frozen=True)
-class Problem:
-    message: str
-    rule: str | None = None
-    field: str | None = None
-    line: int | None = None
-
-
 class RulesFileError(RulesError):
     """A rules file with one or more problems; `problems` lists each with its line, rule and field."""
 
@@ -172,12 +164,6 @@ def _rule_label(rules: Any, index: int) -> str:
         if isinstance(rule, dict) and isinstance(rule.get("name"), str):
             return rule["name"]
     return f"#{index + 1}"
-
-
-def _line_of(mapping: Any, key: Any) -> int | None:
-    if isinstance(mapping, LineDict):
-        return mapping.key_lines.get(key, mapping.line)
-    return None
 
 
 def _cross_problems(raw: Any) -> list[Problem]:
@@ -206,7 +192,7 @@ def _cross_problems(raw: Any) -> list[Problem]:
                         f"unknown destination {target!r}{hint}; defined: {listed}",
                         rule,
                         f"{prefix}send_to[{i}]",
-                        _line_of(owner, "send_to"),
+                        line_of(owner, "send_to"),
                     )
                 )
 
@@ -223,7 +209,7 @@ def _cross_problems(raw: Any) -> list[Problem]:
                             f"duplicate rule name (first used by rule #{seen[name] + 1})",
                             name,
                             "name",
-                            _line_of(rule, "name"),
+                            line_of(rule, "name"),
                         )
                     )
                 else:
@@ -238,7 +224,7 @@ def _cross_problems(raw: Any) -> list[Problem]:
                         "a destination name uses letters, digits, '_', '.', '-' (1-64)",
                         None,
                         f"destinations.{key}",
-                        _line_of(destinations, key),
+                        line_of(destinations, key),
                     )
                 )
             elif isinstance(dest, dict) and "name" in dest and dest["name"] != key:
@@ -247,7 +233,7 @@ def _cross_problems(raw: Any) -> list[Problem]:
                         f"name {dest['name']!r} differs from its key {key!r}; omit it",
                         None,
                         f"destinations.{key}.name",
-                        _line_of(dest, "name"),
+                        line_of(dest, "name"),
                     )
                 )
     return problems
@@ -299,7 +285,7 @@ def _problem_from_error(error: Any, raw: Any) -> Problem:
             parts = []
             continue
         if isinstance(node, dict) and step in node:
-            line = _line_of(node, step) or line
+            line = line_of(node, step) or line
             node = node[step]
         elif isinstance(node, list) and isinstance(step, int) and step < len(node):
             node = node[step]
@@ -312,27 +298,15 @@ def _problem_from_error(error: Any, raw: Any) -> Problem:
             parts.append(("." if parts else "") + str(step))
     where = "".join(parts) or None
     if error["type"] == "extra_forbidden":
-        key = str(path[-1]) if path else "?"
-        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
-        message = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        message = unknown_key(str(path[-1]) if path else "?", _KNOWN_KEYS)
     elif error["type"] == "missing":
         message = "required"
     elif union is not None:
-        message = f"expected {union}; got {_kind_of(error.get('input'))}"
+        message = f"expected {union}; got {kind_of(error.get('input'))}"
     return Problem(message, rule, where, line)
 
 
 _UNION_LABELS = {"str": "a string", "bool": "a boolean", "int": "a number", "float": "a number"}
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f"the text {value!r}"
-    return repr(value)
 
 
 def _merge_union_problems(problems: list[Problem]) -> list[Problem]:

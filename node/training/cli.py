@@ -1,4 +1,5 @@
-"""The `node train`, `node evaluate` and `node crossval` commands (wiring only; docs/training.md).
+"""The `dicom-node train`, `dicom-node evaluate` and `dicom-node crossval` commands (wiring only;
+docs/training.md).
 
 Importing this module is cheap: torch and the training code load only when a command runs.
 """
@@ -51,7 +52,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", default="ct-classifier", help="package name")
     parser.add_argument("--version", dest="package_version", default="0.1.0", help="package version")
-    parser.add_argument("--description", default="CT series classifier trained with `node train`")
+    parser.add_argument("--description", default="CT series classifier trained with `dicom-node train`")
     parser.add_argument("--no-augment", action="store_true", help="train on the series as they are")
 
 
@@ -131,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_training_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """`node train`, `node evaluate`, `node crossval` (called by node.cli.build_parser)."""
+    """`dicom-node train`, `dicom-node evaluate`, `dicom-node crossval` (called by node.cli.build_parser)."""
     train = sub.add_parser(
         "train", parents=[common], help="train a model package on a manifest of labelled series"
     )

@@ -1,4 +1,4 @@
-"""`node crossval`: leave-one-patient-out estimate of what a model trained this way gets right.
+"""`dicom-node crossval`: leave-one-patient-out estimate of what a model trained this way gets right.
 
 For each patient with labels, a model is trained on all the other patients and predicts that patient's
 series (the original series, and their deterministic derived views: reformats, crops). The held-out

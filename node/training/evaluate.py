@@ -1,4 +1,4 @@
-"""`node evaluate`: score a model package on the labelled series of a manifest.
+"""`dicom-node evaluate`: score a model package on the labelled series of a manifest.
 
 Prints per-task accuracy with Wilson 95% intervals, the all-three-correct accuracy and per-class
 sensitivity; writes <out>/metrics.json, <out>/predictions.csv, <out>/confusion_<task>.png and, when the

@@ -148,7 +148,7 @@ def compute_metrics(predictions: Sequence[Prediction], tasks: Mapping[str, Seque
 
 
 def format_report(metrics: Metrics, title: str) -> str:
-    """The text `node evaluate` and `node crossval` print."""
+    """The text `dicom-node evaluate` and `dicom-node crossval` print."""
     lines = [
         f"{title}: {metrics.n_views} views of {metrics.n_series} series from {metrics.n_patients} patients",
         "  accuracy, Wilson 95% interval, (correct/n)",

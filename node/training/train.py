@@ -1,4 +1,4 @@
-"""`node train`: train a model package on a manifest of labelled series (docs/training.md).
+"""`dicom-node train`: train a model package on a manifest of labelled series (docs/training.md).
 
 Each series is loaded once (in-plane downsampled to about twice the grid) and kept in memory; every training
 sample is a fresh realistic view of one training series (augment.sample_view). Patients are split, never
@@ -81,7 +81,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     name: str = "ct-classifier"
     version: str = "0.1.0"
-    description: str = "CT series classifier trained with `node train`"
+    description: str = "CT series classifier trained with `dicom-node train`"
 
     def spec(self) -> NetworkSpec:
         return NetworkSpec(
@@ -527,7 +527,7 @@ def write_package(
     if not (docs / "README.md").exists():
         (docs / "README.md").write_text(
             f"# {config.name} {config.version}\n\n"
-            f"Trained with `node train --manifest {config.manifest.name}` "
+            f"Trained with `dicom-node train --manifest {config.manifest.name}` "
             f"on {result.summary['series']} series of {result.summary['patients']} patients. "
             "Training data, augmentation, history and validation metrics: ../configs/metadata.json.\n"
         )
@@ -535,7 +535,7 @@ def write_package(
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """`node train`: load, train, checkpoint, write the package and the training curves."""
+    """`dicom-node train`: load, train, checkpoint, write the package and the training curves."""
     from node.training.plots import plot_training_curves
 
     set_threads(config.threads)

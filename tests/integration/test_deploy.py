@@ -3,7 +3,7 @@
 Docker is not available to the tests: the image and compose file are checked for what can be checked
 without it (configs load, names and passwords agree, referenced files exist). The process lifecycle that
 the systemd unit and the container rely on (health check by C-ECHO, SIGHUP reloads the rules, SIGTERM
-stops cleanly with exit status 0) is run for real with `node run` as a subprocess.
+stops cleanly with exit status 0) is run for real with `dicom-node run` as a subprocess.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_image_moves_the_data_dir_to_the_volume(tmp_path: Path) -> None:
     assert 'pip install ".[postgres]"' in dockerfile
     assert re.search(r"^USER node$", dockerfile, re.M) and re.search(r"^VOLUME /data$", dockerfile, re.M)
     assert re.search(r"^EXPOSE 11112$", dockerfile, re.M)
-    assert 'CMD ["node", "run", "--config", "/etc/node/node.yaml"]' in dockerfile
+    assert 'CMD ["dicom-node", "run", "--config", "/etc/node/node.yaml"]' in dockerfile
     # The image rewrites data_dir with this sed expression; apply the same rewrite and load the result.
     assert "sed -i 's|^data_dir: .*|data_dir: /data|' /etc/node/node.yaml" in dockerfile
     baked = re.sub(r"^data_dir: .*$", "data_dir: /data", (DEPLOY / "node.yaml").read_text(), flags=re.M)

@@ -1,4 +1,4 @@
-"""`node rules check` and `node rules test` (the functions the CLI calls) on real CT headers."""
+"""`dicom-node rules check` and `dicom-node rules test` (the functions the CLI calls) on real CT headers."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_cmd_rules_check(tmp_path: Path, rules_file: Path, capsys: pytest.Captur
 
 
 def test_node_command_line(ct_folder: Path, rules_file: Path, tmp_path: Path) -> None:
-    """The same through the `node` command (python -m node), as an administrator runs it."""
+    """The same through the `dicom-node` command (python -m node), as an administrator runs it."""
     import subprocess
     import sys
 

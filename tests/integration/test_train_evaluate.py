@@ -1,4 +1,4 @@
-"""`node train` (with resume), then `node evaluate`, on four real CT series with a tiny network.
+"""`dicom-node train` (with resume), then `dicom-node evaluate`, on four real CT series with a tiny network.
 
 The series are the small ones of ../shared/data/ct: a 28-slice tilted head (DICOM), an 18-slice slab with
 no body part label (DICOM), an abdomen-pelvis and a chest CTA crop (NIfTI). A 32^3 grid and width 8 keep it

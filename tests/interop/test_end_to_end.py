@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from node.db.models import Instance
-from node.deliveries import retry_delivery
+from node.deliveries import retry_job
 from tests.interop.e2e import all_delivered, events, jobs_in, pixels_by_sop, storescu, write_rules
 from tests.nodeutil import make_settings, running_node, wait_for
 from tests.peers import ct_files, free_port, require_binary, run_orthanc, run_storescp
@@ -139,7 +139,7 @@ def test_rejecting_destination_dead_letters_then_requeue_delivers(tmp_path: Path
             dicomweb=False,
         ) as orthanc:
             with node.sessions() as session:
-                retry_delivery(session, job.id)
+                retry_job(session, job.id)
             node.wake_delivery.set()
             wait_for(lambda: all_delivered(node, 1), timeout=60, what="delivery after requeue")
             assert len(orthanc.rest.instances()) == len(files)

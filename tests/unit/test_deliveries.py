@@ -1,5 +1,6 @@
-"""`node deliveries list / retry`: filters, output, the retry state rules and the audit row a retry writes,
-against a real migrated database (SQLite in tmp_path; PostgreSQL too when it runs, via `db_engine`)."""
+"""`dicom-node deliveries list / retry`: filters, output, the retry state rules and the audit row a retry
+writes, against a real migrated database (SQLite in tmp_path; PostgreSQL too when it runs, via
+`db_engine`)."""
 
 from __future__ import annotations
 

@@ -483,6 +483,100 @@ def test_jpeg_lossless_from_dcmtk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(vol.voxels, reference.voxels)
 
 
+# dcmtk's encoders (the real-world source of compressed CT): tool, options, transfer syntax, the data
+# (signed 16-bit CT, or unsigned 12-bit / 8-bit, which the lossy and near-lossless codecs need), and the
+# largest difference allowed (lossy codecs).
+DCMTK_CODECS = [
+    ("dcmcjpeg", ("+e1",), "1.2.840.10008.1.2.4.70", "s16", 0),  # JPEG Lossless, Process 14 SV1
+    ("dcmcjpeg", ("+el", "+sv", "2"), "1.2.840.10008.1.2.4.57", "s16", 0),  # JPEG Lossless, Process 14
+    ("dcmcjpls", ("+el",), "1.2.840.10008.1.2.4.80", "s16", 0),  # JPEG-LS Lossless
+    ("dcmcjpls", ("+en", "+md", "2"), "1.2.840.10008.1.2.4.81", "u12", 2),  # JPEG-LS Near-Lossless
+    ("dcmcjpeg", ("+eb",), "1.2.840.10008.1.2.4.50", "u8", 24),  # JPEG Baseline (8-bit lossy)
+    ("dcmcjpeg", ("+ee",), "1.2.840.10008.1.2.4.51", "u8", 24),  # JPEG Extended, 8-bit samples
+]
+# pylibjpeg decodes JPEG and JPEG-LS only through pylibjpeg-libjpeg (GPL-3.0), an optional extra; the
+# default install must decode them with permissively licensed plugins (python-gdcm, pyjpegls). Not
+# covered without the extra: JPEG Extended with 12-bit samples (pydicom's gdcm and Pillow plugins
+# refuse it), documented in docs/volume.md.
+GPL_PLUGINS = {"pylibjpeg"}
+
+
+def ct_like_slice(index: int, size: int, kind: str) -> np.ndarray:
+    """Air, soft tissue and bone values, different on every slice (as signed 16, unsigned 12 or 8 bit)."""
+    rng = np.random.default_rng(index)
+    if kind == "u8":
+        # smooth, as a windowed CT image is: a lossy codec keeps it within a few grey levels
+        ramp = np.add.outer(np.arange(size), np.arange(size)) * 3 + 20 * index
+        return (ramp % 200 + rng.integers(0, 4, (size, size))).astype(np.int16)
+    values = rng.integers(-1024, 2000, (size, size)).astype(np.int16)
+    return (values + 1024).astype(np.int16) if kind == "u12" else values
+
+
+def dcmtk_series(
+    tmp_path: Path, tool: str, options: Sequence[str], kind: str
+) -> tuple[list[Path], list[np.ndarray]]:
+    binary = require_peer(tool, package="dcmtk")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "enc").mkdir()
+    encoded, originals = [], []
+    for i in range(3):
+        pixels = ct_like_slice(i, 32, kind)
+        ds = image_dataset(pixels, position=(0, 0, 2.0 * i), number=i + 1)
+        if kind == "u12":
+            ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+            ds.PixelData = pixels.astype("<u2").tobytes()
+        elif kind == "u8":
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.PixelData = pixels.astype(np.uint8).tobytes()
+        source = save(ds, tmp_path / "src" / f"{i}.dcm")
+        target = tmp_path / "enc" / f"{i}.dcm"
+        subprocess.run([binary, *options, str(source), str(target)], check=True, capture_output=True)
+        encoded.append(target)
+        originals.append(pixels)
+    return encoded, originals
+
+
+@pytest.mark.parametrize(
+    ("tool", "options", "syntax", "kind", "tolerance"),
+    DCMTK_CODECS,
+    ids=["jpeg-lossless-sv1", "jpeg-lossless", "jpeg-ls", "jpeg-ls-near", "jpeg-baseline", "jpeg-extended-8"],
+)
+def test_dcmtk_compressed_ct_decodes_with_permissively_licensed_decoders(
+    tmp_path: Path, tool: str, options: tuple[str, ...], syntax: str, kind: str, tolerance: int
+) -> None:
+    """A non-GPL decoder gives the original pixels (within the codec's loss), none gives wrong ones (one
+    that cannot decode the file raises, and pydicom tries the next), and the series assembles."""
+    from pydicom.pixels import get_decoder, pixel_array
+
+    encoded, originals = dcmtk_series(tmp_path, tool, options, kind)
+    assert str(dcmread(encoded[0], stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
+    decoded_by = []
+    for plugin in sorted(set(get_decoder(syntax).available_plugins) - GPL_PLUGINS):
+        try:
+            arrays = [pixel_array(path, decoding_plugin=plugin).astype(np.int32) for path in encoded]
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # e.g. Pillow and 12-bit JPEG Extended
+        for decoded, original in zip(arrays, originals, strict=True):
+            worst = int(np.abs(decoded - original.astype(np.int32)).max())
+            assert worst <= tolerance, f"{plugin}: differs by {worst}"
+        decoded_by.append(plugin)
+    assert decoded_by, f"no permissively licensed decoder for {UID(syntax).name} (python-gdcm, pyjpegls)"
+    vol = as_volume(assemble_series(encoded))
+    assert vol.report["transfer_syntaxes"] == [syntax]
+    assert vol.voxels.shape[0] == 3
+
+
+def test_jpeg_extended_12_bit_without_the_gpl_decoder_is_not_classifiable(tmp_path: Path) -> None:
+    """The one syntax the default (GPL-free) install cannot decode: a clear answer, not a crash."""
+    from pydicom.pixels import get_decoder
+
+    if "pylibjpeg" in get_decoder("1.2.840.10008.1.2.4.51").available_plugins:
+        pytest.skip("pylibjpeg-libjpeg (extra gpl-decoders) is installed: it decodes 12-bit JPEG Extended")
+    encoded, _ = dcmtk_series(tmp_path, "dcmcjpeg", ("+ee",), "u12")
+    result = as_not_classifiable(assemble_series(encoded))
+    assert "could be decoded" in result.reason
+
+
 # ---- multi-frame (Enhanced CT) ----
 
 

@@ -45,6 +45,10 @@ applies.
    verify_request closes a new connection at once when its IP already has `max_per_host` open ones
    (negotiated or not). `close_unnegotiated` and `abort_associations` serve the shutdown drain.
 
+6. The C-STORE SCU's associations (node.deliver.dimse applies these to each one it opens):
+   `guard_responses` stops the reactor from swallowing C-STORE responses (pynetdicom issue #875) and
+   `quiet_logging` unbinds pynetdicom's per-message logging handlers.
+
 Every abort, close and refusal above triggers EVT_PROTOCOL_ERROR (a pynetdicom notification event
 defined here) with `answer` ("A-ABORT", "closed", "status"), `why`, and `source`/`reason` or `status`,
 so that the SCP can audit it.
@@ -71,6 +75,12 @@ from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dul as _dul
 from pynetdicom import transport as _transport
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import _MESSAGE_TYPES
@@ -610,3 +620,48 @@ def installed() -> bool:
         and poll_delay_installed() is not None
         and _config.STORE_SEND_CHUNKED_DATASET
     )
+
+
+# -- the C-STORE SCU side (node.deliver.dimse applies these to each association it opens) ---------------
+
+
+def guard_responses(assoc: Association) -> None:
+    """Stop the association's reactor thread from taking C-STORE responses meant for send_c_store.
+
+    pynetdicom issue #875: ``send_c_store`` pauses the association reactor by clearing a checkpoint
+    and waiting for ``_is_paused``, a flag that can still read True while the reactor has already
+    passed the checkpoint. The reactor then calls ``dimse.get_msg(block=False)``; when the peer's
+    response arrives in that window (a fast peer on loopback), the reactor takes it, logs "Received
+    unexpected C-STORE-RSP service message" and drops it, and ``send_c_store`` waits for
+    ``dimse_timeout``. The reactor's non-blocking ``get_msg`` exists to serve requests from the peer;
+    a C-STORE SCU association carries none, so on our associations it always answers "nothing yet".
+    tests/integration/test_forward_plan.py fails if pynetdicom's reactor stops using that call.
+    """
+    original = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            return None, None
+        return original(block=True)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+_PER_MESSAGE_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def quiet_logging(assoc: Association) -> None:
+    """Unbind pynetdicom's per-message logging handlers from this association (after negotiation).
+
+    They format every PDU and DIMSE message (tens per instance) for log lines at INFO/DEBUG that
+    the node does not keep; unbinding them saves about a tenth of the sender's CPU. The node logs
+    one line per association and one per refused instance itself. Process-wide
+    ``_config.LOG_HANDLER_LEVEL`` is left alone: the receiving side may want those lines.
+    """
+    for event, handler in _PER_MESSAGE_LOG_HANDLERS:
+        assoc.unbind(event, handler)

@@ -35,12 +35,6 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
@@ -56,7 +50,7 @@ from node.deliver.base import (
 from node.deliver.destinations import DimseDestination
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
 from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
-from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
+from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, guard_responses, quiet_logging
 
 logger = logging.getLogger(__name__)
 
@@ -480,48 +474,6 @@ def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:
         f"stored as {UID(f.transfer_syntax_uid).name}, the peer accepted only {names} "
         f"for {UID(f.sop_class_uid).name}"
     )
-
-
-def guard_responses(assoc: Association) -> None:
-    """Stop the association's reactor thread from taking C-STORE responses meant for send_c_store.
-
-    pynetdicom issue #875: ``send_c_store`` pauses the association reactor by clearing a checkpoint
-    and waiting for ``_is_paused``, a flag that can still read True while the reactor has already
-    passed the checkpoint. The reactor then calls ``dimse.get_msg(block=False)``; when the peer's
-    response arrives in that window (a fast peer on loopback), the reactor takes it, logs "Received
-    unexpected C-STORE-RSP service message" and drops it, and ``send_c_store`` waits for
-    ``dimse_timeout``. The reactor's non-blocking ``get_msg`` exists to serve requests from the peer;
-    a C-STORE SCU association carries none, so on our associations it always answers "nothing yet".
-    tests/integration/test_forward_plan.py fails if pynetdicom's reactor stops using that call.
-    """
-    original = assoc.dimse.get_msg
-
-    def get_msg(block: bool = False) -> Any:
-        if not block:
-            return None, None
-        return original(block=True)
-
-    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
-
-
-_PER_MESSAGE_LOG_HANDLERS = (
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-)
-
-
-def quiet_logging(assoc: Association) -> None:
-    """Unbind pynetdicom's per-message logging handlers from this association (after negotiation).
-
-    They format every PDU and DIMSE message (tens per instance) for log lines at INFO/DEBUG that
-    the node does not keep; unbinding them saves about a tenth of the sender's CPU. The node logs
-    one line per association and one per refused instance itself. Process-wide
-    ``_config.LOG_HANDLER_LEVEL`` is left alone: the receiving side may want those lines.
-    """
-    for event, handler in _PER_MESSAGE_LOG_HANDLERS:
-        assoc.unbind(event, handler)
 
 
 def _mark_connected(event: evt.Event, connected: list[bool]) -> None:

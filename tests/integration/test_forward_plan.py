@@ -12,13 +12,8 @@ from pynetdicom.association import Association
 
 from node.deliver.base import InstanceFile, is_delivered, status_is_retryable
 from node.deliver.destinations import DimseDestination
-from node.deliver.dimse import (
-    describe_status,
-    guard_responses,
-    offered_syntaxes,
-    plan_associations,
-    quiet_logging,
-)
+from node.deliver.dimse import describe_status, offered_syntaxes, plan_associations
+from node.pynetdicom_tuning import guard_responses, quiet_logging
 from tests.peers import in_process_scp
 
 DEST = DimseDestination(name="d", ae_title="PEER", host="127.0.0.1", port=104)

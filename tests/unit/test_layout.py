@@ -69,3 +69,17 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if name.startswith("_") and not name.startswith("__")
     ]
     assert not offenders, offenders
+
+
+def test_only_the_tuning_module_reaches_into_pynetdicom_internals() -> None:
+    """Every change to pynetdicom's behaviour lives in node/pynetdicom_tuning.py (its private modules and
+    names are imported nowhere else in the node)."""
+    offenders = [
+        f"{path.relative_to(REPO)}: {module} {names}"
+        for path in python_files("node")
+        if path.name != "pynetdicom_tuning.py"
+        for module, names in imports(path)
+        if module.startswith("pynetdicom")
+        and (any(part.startswith("_") for part in module.split(".")) or any(n.startswith("_") for n in names))
+    ]
+    assert not offenders, offenders

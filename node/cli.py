@@ -128,7 +128,10 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         from node.classify.factory import build_analyser
 
         analyser = build_analyser(settings.classify)[0]
-    return dry_run(rules_path, Path(args.path), args.json, analyser)
+    called_ae = args.called_ae or settings.receive.ae_title
+    return dry_run(
+        rules_path, Path(args.path), args.json, analyser, calling_ae=args.calling_ae, called_ae=called_ae
+    )
 
 
 def cmd_rules_reload(args: argparse.Namespace) -> int:
@@ -265,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--json", action="store_true")
     test.add_argument(
         "--no-classify", action="store_true", help="headers only: skip volume assembly and the classifier"
+    )
+    test.add_argument(
+        "--calling-ae", help="the sender's AE title, as series.calling_ae (default: none, i.e. missing)"
+    )
+    test.add_argument(
+        "--called-ae",
+        help="the AE title the sender addressed, as series.called_ae (default: receive.ae_title)",
     )
     test.set_defaults(func=cmd_rules_test)
     reload = rules.add_parser("reload", parents=[common], help="ask the running node to reload its rules")

@@ -259,3 +259,36 @@ def test_dry_run_shows_predictions_and_routes_on_them(ct_folder: Path, tmp_path:
     entry = json.loads(slab)["series"][0]
     assert entry["analysis"]["facts"]["prior.contrast"] == "yes"
     assert entry["decision"]["destinations"]["research"] == ["contrast-to-research"]
+
+
+def test_rules_test_takes_the_calling_and_called_ae(
+    ct_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Routing by which AE title a modality sent to (series.called_ae) can be dry-run as it would run."""
+    from node.cli import main as cli_main
+
+    rules = tmp_path / "by-ae.yaml"
+    rules.write_text(
+        """version: 1
+destinations:
+  research: {kind: dimse, ae_title: RESEARCH, host: 127.0.0.1, port: 4243}
+  pacs: {kind: dimse, ae_title: PACS, host: 127.0.0.1, port: 4242}
+rules:
+  - name: research-ae
+    when:
+      all:
+        - {attribute: series.called_ae, equals: NODE_RESEARCH}
+        - {attribute: series.calling_ae, equals: CT1}
+    send_to: [research]
+fallback: {send_to: [pacs]}
+""",
+        encoding="utf-8",
+    )
+    slab = str(ct_folder / "kits00072_arterial_slab")
+    base = ["rules", "test", "--no-classify", "--json", "--rules", str(rules), slab]
+    assert cli_main([*base, "--calling-ae", "CT1", "--called-ae", "NODE_RESEARCH"]) == 0
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert series["decision"]["destinations"] == {"research": ["research-ae"]}
+    assert cli_main([*base, "--calling-ae", "CT1"]) == 0  # called AE defaults to receive.ae_title (NODE)
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert series["decision"]["destinations"] == {"pacs": ["fallback"]}

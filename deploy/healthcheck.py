@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Health check for the node: a DICOM C-ECHO to its own SCP, using the node's own config file.
+"""Health check for the node: a DICOM C-ECHO to its own SCP, and the node's own health report
+(<data_dir>/health.json: every worker alive and not stuck, the database reachable; docs/operations.md),
+using the node's own config file.
 
-Exit status 0 when the node answers the C-ECHO with Success, 1 otherwise (Docker HEALTHCHECK, systemd
-ExecStartPost, a monitoring probe). The config is the first argument, else $NODE_CONFIG, else
-/etc/node/node.yaml; the AE title and port come from its `receive` section. The node is asked on
-127.0.0.1 when it listens on all interfaces.
+Exit status 0 when the node answers the C-ECHO with Success and reports healthy, 1 otherwise (Docker
+HEALTHCHECK, systemd ExecStartPost, a monitoring probe). The config is the first argument, else
+$NODE_CONFIG, else /etc/node/node.yaml; the AE title and port come from its `receive` section, the
+health report from its data_dir. The node is asked on 127.0.0.1 when it listens on all interfaces.
 
 Each check is a real association, so it appears in the audit trail (association.accepted) and, where
 `receive.allowed_callers` is set, the calling AE title below must be allowed from 127.0.0.1.
@@ -22,6 +24,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import load_settings
 from node.errors import ConfigError
+from node.health import HEALTH_FILE, read_health
 
 CALLING_AE = os.environ.get("NODE_HEALTHCHECK_AE", "HEALTHCHECK")
 TIMEOUT_SECONDS = 5.0
@@ -46,7 +49,10 @@ def check(config: Path | None) -> tuple[bool, str]:
     code = getattr(status, "Status", None)
     if code != 0x0000:
         return False, f"C-ECHO to {where} returned status {code!r}"
-    return True, f"C-ECHO to {where}: success"
+    healthy, report = read_health(settings.data_dir / HEALTH_FILE)
+    if not healthy:
+        return False, f"C-ECHO to {where}: success, but unhealthy: " + "; ".join(report.get("problems", []))
+    return True, f"C-ECHO to {where}: success; workers and database healthy"
 
 
 def main(argv: list[str]) -> int:

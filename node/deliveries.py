@@ -283,7 +283,7 @@ def cmd_deliveries_list(
     limit: int = 100,
     kind: str | None = JobKind.DELIVER,
 ) -> int:
-    """`node deliveries list [--state S] [--destination D] [--kind K] [--json]`."""
+    """`dicom-node deliveries list [--state S] [--destination D] [--kind K] [--json]`."""
     try:
         items = list_deliveries(session, state=state, destination=destination, limit=limit, kind=kind)
     except ValueError as exc:
@@ -301,7 +301,7 @@ def cmd_deliveries_retry(
     force: bool,
     replan: bool = False,
 ) -> int:
-    """`node deliveries retry ID [--force|--replan] | --all-failed [--destination D] [--replan]`.
+    """`dicom-node deliveries retry ID [--force|--replan] | --all-failed [--destination D] [--replan]`.
     Exit 0 requeued (or nothing failed), 1 refused by the job's state, 2 usage error or unknown id."""
     if (job_id is None) == (not all_failed):
         print("error: give either a delivery (or route job) ID or --all-failed", file=sys.stderr)

@@ -3,7 +3,7 @@
 The route step (node.routing, calling node.rules.decide) writes one plan per destination into the
 delivery job (`jobs.plan`, JSON). The deliverer reads only its job and this plan: a rules reload
 afterwards changes nothing already queued, and a delivery can always say which rules file (by digest)
-and which rules sent it where it went. `node deliveries retry ID --replan` asks the router to decide
+and which rules sent it where it went. `dicom-node deliveries retry ID --replan` asks the router to decide
 again with the rules in force and replaces the plans of the deliveries it still chooses.
 
     plan = DeliveryPlan(destination, rules=("ct-to-pacs",), rules_sha256="ab12...", generation=1)

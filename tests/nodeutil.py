@@ -16,6 +16,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
+from node.analysis import SeriesAnalyser
 from node.app import NodeService
 from node.config import Settings
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
@@ -48,8 +49,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 @contextmanager
-def running_node(settings: Settings) -> Iterator[NodeService]:
-    service = NodeService(settings)
+def running_node(settings: Settings, analyser: SeriesAnalyser | None = None) -> Iterator[NodeService]:
+    """A started NodeService (with this analyser instead of the configured one, if given); stopped after."""
+    service = NodeService(settings, analyser=analyser)
     service.start()
     try:
         yield service
@@ -208,3 +210,16 @@ def recording_sink(received: list[str]) -> tuple[AE, int]:
 
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     return ae, int(server.server_address[1])
+
+
+def kill_worker(node: NodeService, name: str) -> None:
+    """Make one worker thread die outside any handler, as a bug there would (for the health checks)."""
+    worker = next(w for w in node.workers if w.name == name)
+
+    def die() -> bool:
+        raise SystemExit("simulated death outside any handler")
+
+    worker._run_one = die  # type: ignore[method-assign]
+    node.wake_router.set()
+    node.wake_delivery.set()
+    wait_for(lambda: not worker.is_alive(), what=f"worker {name} to die")

@@ -203,7 +203,7 @@ def test_node_answers_the_healthcheck_reloads_on_hup_and_stops_on_term(
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated death
 def test_healthcheck_fails_when_the_node_reports_unhealthy(tmp_path: Path) -> None:
     """The C-ECHO answers, but a worker is dead: the container's health check must fail, naming it."""
-    from tests.nodeutil import make_settings, running_node, wait_for
+    from tests.nodeutil import kill_worker, make_settings, running_node, wait_for
 
     settings = make_settings(tmp_path, health={"interval_seconds": 0.1})
     with running_node(settings) as node:
@@ -212,14 +212,7 @@ def test_healthcheck_fails_when_the_node_reports_unhealthy(tmp_path: Path) -> No
         raw["receive"]["port"] = node.port
         port_config.write_text(yaml.safe_dump(raw))
         wait_for(lambda: healthcheck(port_config).returncode == 0, what="a passing health check")
-        router = next(w for w in node.workers if w.name == "router-0")
-
-        def die() -> bool:
-            raise SystemExit("simulated death outside any handler")
-
-        router._run_one = die  # type: ignore[method-assign]
-        node.wake_router.set()
-        wait_for(lambda: not router.is_alive(), what="the worker to die")
+        kill_worker(node, "router-0")
         failed = wait_for(
             lambda: (r := healthcheck(port_config)).returncode == 1 and r, what="a failing health check"
         )

@@ -124,18 +124,12 @@ def test_a_failing_route_job_is_retried_with_backoff(tmp_path: Path) -> None:
             rules_path=str(rules),
             route={"max_attempts": 3, "backoff_initial_seconds": 0.2, "backoff_factor": 1.0},
         )
-        from node.app import NodeService
-
-        service = NodeService(settings, analyser=FlakyAnalyser(failures=1))
-        service.start()
-        try:
-            assert store(service.port or 0, [synthetic_ct(number=1)]) == [0]
+        with running_node(settings, FlakyAnalyser(failures=1)) as node:
+            assert store(node.port, [synthetic_ct(number=1)]) == [0]
             wait_for(lambda: len(sink.received) == 1, timeout=30, what="delivery after one route retry")
-            (retry,) = events(service, "route.retry")
+            (retry,) = events(node, "route.retry")
             assert retry.message.endswith("RuntimeError: analyser failure 1")
-            assert not events(service, "route.failed")
-        finally:
-            service.stop(drain_seconds=5)
+            assert not events(node, "route.failed")
 
 
 def test_a_dead_lettered_route_job_is_requeued_by_deliveries_retry(tmp_path: Path) -> None:
@@ -148,27 +142,21 @@ def test_a_dead_lettered_route_job_is_requeued_by_deliveries_retry(tmp_path: Pat
             rules_path=str(rules),
             route={"max_attempts": 2, "backoff_initial_seconds": 0.2, "backoff_factor": 1.0},
         )
-        from node.app import NodeService
-
         analyser = FlakyAnalyser(failures=2)
-        service = NodeService(settings, analyser=analyser)
-        service.start()
-        try:
+        with running_node(settings, analyser) as node:
             series_uid = generate_uid()
-            assert store(service.port or 0, [synthetic_ct(series_uid, number=n) for n in (1, 2)]) == [0, 0]
-            wait_for(lambda: events(service, "route.failed"), timeout=30, what="route dead letter")
-            (route,) = jobs_in(service, JobKind.ROUTE)
+            assert store(node.port, [synthetic_ct(series_uid, number=n) for n in (1, 2)]) == [0, 0]
+            wait_for(lambda: events(node, "route.failed"), timeout=30, what="route dead letter")
+            (route,) = jobs_in(node, JobKind.ROUTE)
             assert (route.state, route.attempts) == (JobState.FAILED, 2)
-            assert len(events(service, "route.retry")) == 1
-            assert jobs_in(service, JobKind.DELIVER) == [] and sink.received == []
+            assert len(events(node, "route.retry")) == 1
+            assert jobs_in(node, JobKind.DELIVER) == [] and sink.received == []
             # Fixed (here: the analyser stops failing); the operator requeues the route job.
-            with service.sessions() as session:
+            with node.sessions() as session:
                 retry_job(session, route.id)
-            service.wake_router.set()
+            node.wake_router.set()
             wait_for(lambda: len(sink.received) == 2, timeout=30, what="delivery after the requeue")
             assert analyser.calls == 3
-        finally:
-            service.stop(drain_seconds=5)
 
 
 

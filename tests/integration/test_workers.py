@@ -27,7 +27,7 @@ from node.db.models import Job, JobKind, JobState, Series, SeriesState, utcnow
 from node.db.session import make_session_factory
 from node.health import HEALTH_FILE, read_health
 from node.workers import JobWorker
-from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
+from tests.nodeutil import kill_worker, make_settings, running_node, store, synthetic_ct, wait_for
 
 
 class SwitchableDatabase:
@@ -161,14 +161,7 @@ def test_a_dead_worker_makes_the_node_unhealthy(tmp_path: Path, capsys: pytest.C
         assert cli_main(["health", "--data-dir", data_dir]) == 0
         assert capsys.readouterr().out.startswith("healthy")
 
-        delivery = next(w for w in node.workers if w.name == "delivery-0")
-
-        def die() -> bool:
-            raise SystemExit("simulated death outside any handler")
-
-        delivery._run_one = die  # type: ignore[method-assign]
-        node.wake_delivery.set()
-        wait_for(lambda: not delivery.is_alive(), what="the worker to die")
+        kill_worker(node, "delivery-0")
         wait_for(lambda: not health_of(settings.data_dir)["healthy"], what="an unhealthy report")
         assert "worker delivery-0 is not running" in health_of(settings.data_dir)["problems"]
         assert cli_main(["health", "--data-dir", data_dir]) == 1
@@ -189,22 +182,18 @@ class BlockingAnalyser:
 
 
 def test_a_worker_stuck_on_one_job_makes_the_node_unhealthy(tmp_path: Path) -> None:
-    from node.app import NodeService
-
     settings = make_settings(tmp_path, health={"interval_seconds": 0.1, "stuck_job_seconds": 0.5})
     analyser = BlockingAnalyser()
-    service = NodeService(settings, analyser=analyser)
-    service.start()
     try:
-        assert store(service.port or 0, [synthetic_ct()]) == [0]
-        wait_for(lambda: not health_of(settings.data_dir)["healthy"], timeout=30, what="a stuck report")
-        (problem,) = health_of(settings.data_dir)["problems"]
-        assert problem.startswith("worker router-0 has held job 1 for")
-        analyser.release.set()
-        wait_for(lambda: health_of(settings.data_dir)["healthy"], what="healthy again")
+        with running_node(settings, analyser) as node:
+            assert store(node.port, [synthetic_ct()]) == [0]
+            wait_for(lambda: not health_of(settings.data_dir)["healthy"], timeout=30, what="a stuck report")
+            (problem,) = health_of(settings.data_dir)["problems"]
+            assert problem.startswith("worker router-0 has held job 1 for")
+            analyser.release.set()
+            wait_for(lambda: health_of(settings.data_dir)["healthy"], what="healthy again")
     finally:
         analyser.release.set()
-        service.stop(drain_seconds=5)
 
 
 def test_a_stale_health_file_is_unhealthy(tmp_path: Path) -> None:

@@ -278,8 +278,7 @@ def test_no_transaction_is_open_while_a_series_is_analysed(
     import psycopg
 
     from node.analysis import AnalysisResult
-    from node.app import NodeService
-    from tests.nodeutil import make_settings, store, synthetic_ct, wait_for
+    from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
 
     url = postgres_server.create_database(f"pg_no_txn_{next(_counter)}")
     database = url.rsplit("/", 1)[-1]
@@ -299,12 +298,7 @@ def test_no_transaction_is_open_while_a_series_is_analysed(
             seen.append(int(row[0]) if row else -1)
             return AnalysisResult(summary="probed")
 
-    settings = make_settings(tmp_path, database_url=url)
-    service = NodeService(settings, analyser=Probe())
-    service.start()
-    try:
-        assert store(service.port or 0, [synthetic_ct(number=1)]) == [0]
+    with running_node(make_settings(tmp_path, database_url=url), Probe()) as node:
+        assert store(node.port, [synthetic_ct(number=1)]) == [0]
         wait_for(lambda: seen, what="the analysis")
         assert seen == [0], "a connection of the node was idle in transaction during the analysis"
-    finally:
-        service.stop(drain_seconds=5)

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from node.analysis import AnalysisResult
+from node.config import Settings
 from node.db.models import Job, JobKind, JobState
 from node.deliveries import retry_job
 from tests.interop.e2e import events, jobs_in, write_rules
@@ -114,16 +115,20 @@ class FlakyAnalyser:
         return AnalysisResult(facts={}, audit={"analyser": "flaky"}, summary="analysed")
 
 
+def route_retry_settings(tmp_path: Path, port: int, max_attempts: int) -> Settings:
+    """Rules sending CT to one local peer; route jobs retried quickly, at most max_attempts times."""
+    pacs = {"ae_title": "TESTSCP", "host": "127.0.0.1", "port": port}
+    rules = write_rules(tmp_path / "rules.yaml", {"pacs": pacs})
+    return make_settings(
+        tmp_path,
+        rules_path=str(rules),
+        route={"max_attempts": max_attempts, "backoff_initial_seconds": 0.2, "backoff_factor": 1.0},
+    )
+
+
 def test_a_failing_route_job_is_retried_with_backoff(tmp_path: Path) -> None:
     with in_process_scp() as sink:
-        rules = write_rules(
-            tmp_path / "rules.yaml", {"pacs": {"ae_title": "TESTSCP", "host": "127.0.0.1", "port": sink.port}}
-        )
-        settings = make_settings(
-            tmp_path,
-            rules_path=str(rules),
-            route={"max_attempts": 3, "backoff_initial_seconds": 0.2, "backoff_factor": 1.0},
-        )
+        settings = route_retry_settings(tmp_path, sink.port, max_attempts=3)
         with running_node(settings, FlakyAnalyser(failures=1)) as node:
             assert store(node.port, [synthetic_ct(number=1)]) == [0]
             wait_for(lambda: len(sink.received) == 1, timeout=30, what="delivery after one route retry")
@@ -134,14 +139,7 @@ def test_a_failing_route_job_is_retried_with_backoff(tmp_path: Path) -> None:
 
 def test_a_dead_lettered_route_job_is_requeued_by_deliveries_retry(tmp_path: Path) -> None:
     with in_process_scp() as sink:
-        rules = write_rules(
-            tmp_path / "rules.yaml", {"pacs": {"ae_title": "TESTSCP", "host": "127.0.0.1", "port": sink.port}}
-        )
-        settings = make_settings(
-            tmp_path,
-            rules_path=str(rules),
-            route={"max_attempts": 2, "backoff_initial_seconds": 0.2, "backoff_factor": 1.0},
-        )
+        settings = route_retry_settings(tmp_path, sink.port, max_attempts=2)
         analyser = FlakyAnalyser(failures=2)
         with running_node(settings, analyser) as node:
             series_uid = generate_uid()

@@ -51,6 +51,8 @@ MAX_TUBE_HU_SPREAD = 90.0  # interquartile range of the regions' HU along the tu
 VESSEL_ZONE_POSTERIOR = (-140.0, -5.0)
 VESSEL_ZONE_LEFT = (-60.0, 70.0)
 AORTA_TYPICAL = (-35.0, 18.0)
+# A region centred this close to the vertebral body's centre is bone (the body itself, a disc), not a vessel.
+MIN_DISTANCE_FROM_SPINE_MM = 24.0
 
 
 @dataclass(frozen=True)
@@ -253,28 +255,37 @@ def _slice_regions(s: np.ndarray, k: int, z_mm: float, dy: float, dx: float) -> 
         if max(h, w) < MIN_DIAMETER_MM * 0.8 or min(h, w) > MAX_DIAMETER_MM * 1.3:
             continue
         # A margin around the box for the ring.
-        by0, by1 = max(0, box[0].start - 4), min(lab.shape[0], box[0].stop + 4)
-        bx0, bx1 = max(0, box[1].start - 4), min(lab.shape[1], box[1].stop + 4)
-        m = lab[by0:by1, bx0:bx1] == i
+        by0, by1 = max(0, box[0].start - 6), min(lab.shape[0], box[0].stop + 6)
+        bx0, bx1 = max(0, box[1].start - 6), min(lab.shape[1], box[1].stop + 6)
+        core = lab[by0:by1, bx0:bx1] == i
+        local = sm[by0:by1, bx0:bx1]
+        # The homogeneity filter trims a rim of about its half-width: grow the core back over voxels of
+        # the same density, so that the diameter is the vessel's.
+        core_hu = float(np.median(local[core]))
+        m = core | (ndi.binary_dilation(core, iterations=2) & (np.abs(local - core_hu) < 60.0))
         area = float(np.count_nonzero(m)) * dy * dx
         diameter = 2.0 * math.sqrt(area / math.pi)
         if not MIN_DIAMETER_MM <= diameter <= MAX_DIAMETER_MM:
             continue
         if max(h, w) / max(min(h, w), 1e-6) > MAX_ASPECT or area / (h * w) < MIN_FILL:
             continue
-        ring = ndi.binary_dilation(m, iterations=3) & ~ndi.binary_dilation(m, iterations=1)
-        ring_hu = sm[by0:by1, bx0:bx1][ring]
+        # The surroundings are judged around the homogeneous core (a vertebral body's core is ringed by
+        # cortical bone; a vessel's by fat, lung or soft tissue).
+        ring = ndi.binary_dilation(core, iterations=3) & ~ndi.binary_dilation(core, iterations=1)
+        ring_hu = local[ring]
         if ring_hu.size == 0 or float(np.mean(ring_hu > 400.0)) > MAX_RING_BONE_FRACTION:
             continue
-        inner = ndi.binary_erosion(m)
+        inner = ndi.binary_erosion(core)
         raw = window[by0:by1, bx0:bx1]
-        hu = float(np.median(raw[inner])) if np.count_nonzero(inner) > 3 else float(np.median(raw[m]))
+        hu = float(np.median(raw[inner])) if np.count_nonzero(inner) > 3 else float(np.median(raw[core]))
         ring_mean = float(np.mean(ring_hu))
         if ring_mean > hu - MIN_CONTRAST_TO_RING_HU:
             continue
         ys, xs = np.nonzero(m)
         cy, cx = ys.mean() + by0 + y0, xs.mean() + bx0 + x0
         posterior, left = (cy - spine[0]) * dy, (cx - spine[1]) * dx
+        if math.hypot(posterior, left) < MIN_DISTANCE_FROM_SPINE_MM:  # the vertebral body itself
+            continue
         out.append(Region(k, z_mm, diameter, hu, ring_mean, cy * dy, cx * dx, posterior, left))
     return out
 

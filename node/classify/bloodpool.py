@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from node.classify.canonical import CanonicalVolume
+from node.classify.morphology import fill_holes
 
 # HU where a logistic on the blood's HU crosses 0.5, and its scale: 60 HU -> 0.05, 130 HU -> 0.95.
 CONTRAST_MIDPOINT_HU = 95.0
@@ -188,7 +189,7 @@ def _body_mask(s: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]] | None:
     keep = lab == largest
     box = ndi.find_objects(keep.astype(np.uint8))[0]
     filled = np.zeros_like(keep)
-    filled[box] = ndi.binary_fill_holes(keep[box])
+    filled[box] = fill_holes(keep[box])
     return filled, box
 
 

@@ -196,17 +196,19 @@ def _audit_analysis(session: Session, analysis: AnalysisResult, where: Where) ->
     audit.record(session, Events.SERIES_ANALYSED, analysis.summary, details=analysis.audit, **where)
     if not analysis.facts.get("disagreement.any"):
         return
-    disagreeing = sorted(analysis.audit.get("disagreement", {}))
+    disagreements = analysis.audit.get("disagreement", {})
     audit.record(
         session,
         Events.CLASSIFICATION_DISAGREEMENT,
-        "tags and image disagree on " + ", ".join(disagreeing),
+        "the tags and the images disagree on " + ", ".join(sorted(disagreements)),
         details={
             task: {
                 "prior": analysis.facts.get(f"prior.{task}"),
                 "image": analysis.facts.get(f"image.{task}"),
+                "final": analysis.facts.get(f"prediction.{task}"),
+                "with": disagreements[task].get("with") if isinstance(disagreements[task], dict) else None,
             }
-            for task in disagreeing
+            for task in sorted(disagreements)
         },
         **where,
     )

@@ -27,8 +27,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from node.classify.canonical import CanonicalVolume
-from node.classify.morphology import fill_holes
 from node.classify.labels import BODY_PARTS
+from node.classify.morphology import fill_holes
 
 SLICE_STEP_MM = 5.0
 MAX_SLICES = 120
@@ -39,6 +39,8 @@ SKULL_SCORE = 0.3  # share of the cross-section that is brain enclosed by bone
 PELVIC_BONE_CM2 = 8.0  # thick bone more than 50 mm from the midline (iliac wings, femoral heads)
 TRUNK_CM2 = 300.0  # below this a lung-free, skull-free cross-section is neck (or a limb)
 MIN_RUN_MM = 10.0  # a landmark run shorter than this is noise
+# The segments of the body along the head-to-feet axis, feet first.
+SEGMENTS = ("legs", "pelvis", "abdomen", "chest", "neck", "head")
 COARSE_PIXEL_MM = 3.0  # slices are block-averaged to about this pixel size before they are measured
 
 
@@ -159,62 +161,60 @@ def _coarse(plane: np.ndarray, factor: int) -> np.ndarray:
     return plane[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
 
 
-def measure_coverage(volume: CanonicalVolume) -> Coverage:
+def _sampled_measures(volume: CanonicalVolume) -> tuple[list[SliceMeasure], int, float]:
+    """Measures of slices about SLICE_STEP_MM apart: (measures, slices sampled, step in mm)."""
     dz, dy, dx = volume.spacing
     step = max(1, int(round(SLICE_STEP_MM / dz)))
     indices = list(range(0, volume.voxels.shape[0], step))
     if len(indices) > MAX_SLICES:
         indices = [indices[i] for i in np.linspace(0, len(indices) - 1, MAX_SLICES).astype(int)]
     factor = max(1, round(COARSE_PIXEL_MM / max(dy, dx)))
-    measures = [
-        m
-        for k in indices
-        if (m := measure_slice(_coarse(volume.voxels[k], factor), k * dz, dy * factor, dx * factor)) is not None
-    ]
-    step_mm = step * dz
-    anatomical = [m for m in measures if m.anatomical]
-    if len(anatomical) < max(1, 0.3 * len(indices)):
-        return Coverage(
-            False,
-            {},
-            [],
-            None,
-            None,
-            {},
-            f"no anatomy: {len(anatomical)} of {len(indices)} sampled slices show a body outline of soft tissue",
-        )
+    measures = []
+    for k in indices:
+        measured = measure_slice(_coarse(volume.voxels[k], factor), k * dz, dy * factor, dx * factor)
+        if measured is not None:
+            measures.append(measured)
+    return measures, len(indices), step * dz
+
+
+def _is_lung(m: SliceMeasure) -> bool:
+    return (
+        m.lung_fraction > LUNG_FRACTION
+        and m.lung_cm2 > MIN_LUNG_CM2
+        and m.body_cm2 > TRUNK_CM2
+        and m.skull < SKULL_SCORE
+    )
+
+
+def _is_pelvis(m: SliceMeasure, lung_bottom: float) -> bool:
+    # Thick lateral bone well below the lungs: the pelvis (above or at the lungs it is the shoulder girdle).
+    return (
+        m.lateral_bone_cm2 > PELVIC_BONE_CM2
+        and m.body_cm2 > TRUNK_CM2
+        and m.z_mm < lung_bottom - 60.0
+        and m.lung_fraction < LUNG_FRACTION
+    )
+
+
+def _within(run: tuple[float, float] | None, z_mm: float, step_mm: float) -> bool:
+    return run is not None and run[0] <= z_mm <= run[1] + step_mm
+
+
+def measure_coverage(volume: CanonicalVolume) -> Coverage:
+    measures, sampled, step_mm = _sampled_measures(volume)
+    anatomical = sum(1 for m in measures if m.anatomical)
+    if anatomical < max(1, 0.3 * sampled):
+        why = f"no anatomy: {anatomical} of {sampled} sampled slices show a body outline of soft tissue"
+        return Coverage(False, {}, [], None, None, {}, why)
     z = [m.z_mm for m in measures]
-    lung = _longest(
-        _runs(
-            [
-                m.lung_fraction > LUNG_FRACTION
-                and m.lung_cm2 > MIN_LUNG_CM2
-                and m.body_cm2 > TRUNK_CM2
-                and m.skull < SKULL_SCORE
-                for m in measures
-            ],
-            z,
-            step_mm,
-        )
-    )
+    lung = _longest(_runs([_is_lung(m) for m in measures], z, step_mm))
     skull = _longest(_runs([m.skull > SKULL_SCORE for m in measures], z, step_mm))
-    below_lung = lung[0] if lung is not None else math.inf
-    pelvis = _longest(
-        _runs(
-            [
-                m.lateral_bone_cm2 > PELVIC_BONE_CM2
-                and m.body_cm2 > TRUNK_CM2
-                and m.z_mm < below_lung - 60.0
-                and m.lung_fraction < LUNG_FRACTION
-                for m in measures
-            ],
-            z,
-            step_mm,
-        )
-    )
-    legs = _longest(_runs([m.limbs and m.z_mm < (pelvis[0] if pelvis else below_lung) for m in measures], z, step_mm))
+    lung_bottom = lung[0] if lung is not None else math.inf
+    pelvis = _longest(_runs([_is_pelvis(m, lung_bottom) for m in measures], z, step_mm))
+    above_legs = pelvis[0] if pelvis is not None else lung_bottom
+    legs = _longest(_runs([m.limbs and m.z_mm < above_legs for m in measures], z, step_mm))
     bottom, top = z[0], z[-1] + step_mm
-    segments = {region: 0.0 for region in ("legs", "pelvis", "abdomen", "chest", "neck", "head")}
+    segments = {region: 0.0 for region in SEGMENTS}
     landmarks: list[tuple[str, float]] = []
     if legs is not None:
         segments["legs"] = legs[1] - legs[0] + step_mm
@@ -232,28 +232,33 @@ def measure_coverage(volume: CanonicalVolume) -> Coverage:
     if skull is not None:
         segments["head"] = top - skull[0]
         landmarks.append(("skull base", skull[0]))
-        if skull[1] < top - 2 * step_mm or measures[-1].body_cm2 < 0.6 * max(m.body_cm2 for m in measures):
+        largest = max(m.body_cm2 for m in measures)
+        if skull[1] < top - 2 * step_mm or measures[-1].body_cm2 < 0.6 * largest:
             landmarks.append(("vertex", skull[1]))
-    # Abdomen: trunk slices between pelvis (or the feet end) and the lungs; neck: small cross-sections
-    # between the lungs (or the feet end) and the skull.
+    # The rest: trunk slices below the lungs are abdomen; small cross-sections, and anything above the
+    # lungs, are neck (or, below a cranial vault, the face and skull base).
     for m in measures:
-        if not m.anatomical:
+        if not m.anatomical or _within(lung, m.z_mm, step_mm) or _within(pelvis, m.z_mm, step_mm):
             continue
-        inside = lambda run: run is not None and run[0] <= m.z_mm <= run[1] + step_mm  # noqa: E731
-        if inside(lung) or inside(pelvis) or inside(legs) or (skull is not None and m.z_mm >= skull[0]):
+        if _within(legs, m.z_mm, step_mm) or (skull is not None and m.z_mm >= skull[0]):
             continue
-        if lung is not None and m.z_mm > lung[1] or m.body_cm2 < TRUNK_CM2 and (lung is None or m.z_mm > lung[1]):
+        above_lungs = lung is not None and m.z_mm > lung[1]
+        if above_lungs or (m.body_cm2 < TRUNK_CM2 and lung is None) or m.z_mm >= lung_bottom:
             segments["neck"] += step_mm
-        elif m.z_mm < below_lung:
-            segments["abdomen"] += step_mm
         else:
-            segments["neck"] += step_mm
+            segments["abdomen"] += step_mm
     landmarks.sort(key=lambda item: item[1])
     probabilities, why = body_part_from_segments(segments, {name for name, _ in landmarks})
-    order = [r for r in ("legs", "pelvis", "abdomen", "chest", "neck", "head") if segments[r] > MIN_RUN_MM]
-    covers_from = order[0] if order else None
-    covers_to = order[-1] if order else None
-    return Coverage(True, segments, landmarks, covers_from, covers_to, probabilities, why)
+    covered = [r for r in SEGMENTS if segments[r] > MIN_RUN_MM]
+    return Coverage(
+        True,
+        segments,
+        landmarks,
+        covered[0] if covered else None,
+        covered[-1] if covered else None,
+        probabilities,
+        why,
+    )
 
 
 def body_part_from_segments(segments: dict[str, float], landmarks: set[str]) -> tuple[dict[str, float], str]:

@@ -20,10 +20,16 @@ from node.classify.labels import TASKS
 UNKNOWN = "unknown"
 # Where the final answer for a task came from (fusion.TaskResult.source); the geometry (Image Orientation
 # (Patient)) decides the axis only.
-PREDICTION_SOURCES: tuple[str, ...] = ("image", "geometry", "prior", "none")
+PREDICTION_SOURCES: tuple[str, ...] = ("image", "geometry", "prior", "blood", "coverage", "none")
+# Which sources can decide which task: the geometry the axis, the blood pool the contrast, the coverage
+# the body part.
+_SOURCE_TASK = {"geometry": "axis", "blood": "contrast", "coverage": "body_part"}
 SOURCES_BY_TASK: dict[str, tuple[str, ...]] = {
-    task: tuple(s for s in PREDICTION_SOURCES if s != "geometry" or task == "axis") for task in TASKS
+    task: tuple(s for s in PREDICTION_SOURCES if _SOURCE_TASK.get(s, task) == task) for task in TASKS
 }
+# The segments of the body a series can run from and to (node.classify.coverage.SEGMENTS).
+COVERAGE_SEGMENTS: tuple[str, ...] = ("legs", "pelvis", "abdomen", "chest", "neck", "head")
+HOUNSFIELD = (-1024.0, 3071.0)
 # Why a series was not classified (node.volume's codes, and the analyser's own for a failing model).
 NOT_CLASSIFIABLE_CODES: tuple[str, ...] = (
     "empty",
@@ -36,6 +42,7 @@ NOT_CLASSIFIABLE_CODES: tuple[str, ...] = (
     "single_slice",
     "too_few_slices",
     "classifier_error",
+    "no_anatomy",
 )
 PROBABILITY = (0.0, 1.0)
 # The slice normal's angle to its nearest patient axis can be at most arccos(1/sqrt(3)), about 54.7.
@@ -108,9 +115,11 @@ def _fields() -> tuple[AnalysisField, ...]:
             AnalysisField(
                 f"prediction.{task}_source",
                 "label",
-                f"where prediction.{task} came from: "
+                f"the source that weighed most in prediction.{task}: "
                 + ("`geometry` (Image Orientation (Patient)), " if task == "axis" else "")
-                + "`image` (the image model), `prior` (the tags), `none` (neither knew)",
+                + ("`blood` (the measured blood HU), " if task == "contrast" else "")
+                + ("`coverage` (the anatomical coverage), " if task == "body_part" else "")
+                + "`image` (the image model), `prior` (the tags), `none` (no source knew)",
                 SOURCES_BY_TASK[task],
             ),
             AnalysisField(
@@ -179,12 +188,69 @@ def _fields() -> tuple[AnalysisField, ...]:
             nullable=True,
         ),
     ]
+    out += [
+        AnalysisField(
+            "blood.found",
+            "boolean",
+            "a blood-pool vessel (aorta-like tube beside the spine) was found and measured",
+            present="classified",
+        ),
+        AnalysisField(
+            "blood.hu",
+            "number",
+            "the measured blood HU (median over the vessel); missing when none was found",
+            bounds=HOUNSFIELD,
+            present="classified",
+            nullable=True,
+        ),
+        AnalysisField(
+            "blood.contrast_probability",
+            "number",
+            "P(IV contrast) from the blood HU (unenhanced 30-60 HU, enhanced 120-500 HU); missing when no "
+            "vessel was found",
+            bounds=PROBABILITY,
+            present="classified",
+            nullable=True,
+        ),
+        AnalysisField(
+            "coverage.from",
+            "label",
+            "the body segment the series starts at, feet end (docs/classification.md, coverage)",
+            COVERAGE_SEGMENTS,
+            present="classified",
+            nullable=True,
+        ),
+        AnalysisField(
+            "coverage.to",
+            "label",
+            "the body segment the series reaches, head end",
+            COVERAGE_SEGMENTS,
+            present="classified",
+            nullable=True,
+        ),
+        AnalysisField(
+            "coverage.body_part",
+            "label",
+            f"the body part the anatomical coverage makes (the coverage table); `{UNKNOWN}` when it fits "
+            "none",
+            (*TASKS["body_part"], UNKNOWN),
+            present="classified",
+        ),
+        AnalysisField(
+            "coverage.body_part_confidence",
+            "number",
+            "the coverage table's probability of coverage.body_part (0 when unknown)",
+            bounds=PROBABILITY,
+            present="classified",
+        ),
+    ]
     for task in TASKS:
         out.append(
             AnalysisField(
                 f"disagreement.{task}",
                 "boolean",
-                f"the tags and the image conflict on the {TASK_WORDS[task]}, each side reasonably sure",
+                f"the tags, reasonably sure, conflict on the {TASK_WORDS[task]} with the confident final "
+                "answer or a confident measurement (blood pool, coverage)",
             )
         )
     out += [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from pydicom.dataset import Dataset
@@ -22,10 +23,16 @@ from tests.peers import in_process_scp
 
 
 def ct_with_geometry(series_uid: str, study_uid: str, n: int, rows: int = 32) -> Dataset:
+    """An axial slice of a body-like phantom: an ellipse of soft tissue in air, 12 mm pixels (a 38 cm field
+    of view), so that the volume shows anatomy (random pixel bytes would be `no_anatomy`)."""
     ds = synthetic_ct(series_uid, study_uid, number=n, rows=rows)
+    yy, xx = np.mgrid[0:rows, 0:rows]
+    body = ((yy - rows / 2) / (rows * 0.35)) ** 2 + ((xx - rows / 2) / (rows * 0.45)) ** 2 <= 1.0
+    stored = np.where(body, 1024 + 40 + (yy + xx + n) % 7, 24).astype(np.uint16)  # HU = stored - 1024
+    ds.PixelData = stored.tobytes()
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.ImagePositionPatient = [0, 0, 2.5 * n]
-    ds.PixelSpacing = [0.8, 0.8]
+    ds.PixelSpacing = [12.0, 12.0]
     ds.SliceThickness = 2.5
     ds.BodyPartExamined = "CHEST"
     return ds
@@ -96,8 +103,13 @@ def test_classified_and_unclassifiable_series_are_audited_and_routed(tmp_path: P
         "source": "geometry",
         "low_confidence": False,
         "prior_vs_image": classified["final"]["axis"]["prior_vs_image"],
+        "sources": classified["final"]["axis"]["sources"],
     }
-    assert {"assemble", "preprocess", "infer", "total"} <= set(classified["timings_ms"])
+    assert set(classified["final"]["axis"]["sources"]) == {"prior", "image"}
+    # The anatomical measurements ran (a phantom without vessels or lungs: no blood pool found).
+    measurements = classified["measurements"]
+    assert measurements["coverage"]["anatomical"] is True and measurements["blood"]["found"] is False
+    assert {"assemble", "preprocess", "infer", "total", "measure_coverage"} <= set(classified["timings_ms"])
     assert classified["volume"]["slices"] == 12
     assert decisions[volume_uid].details["matched_rules"] == ["classified-axial"]
 

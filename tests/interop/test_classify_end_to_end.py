@@ -90,13 +90,16 @@ def test_every_shared_series_is_classified_audited_and_routed_on_a_prediction(tm
     upper = analysed[uids["fltbreast001_petct_upper"]].details
     assert upper["prior"]["body_part"]["label"] == "Chest"
     assert "BREAST" in upper["prior"]["body_part"]["evidence"]
-    # ... the starter model sees Head and neck: the disagreement is its own audit row and routes the series
-    # by the disagreement rule. (The starter was trained on this patient: this checks the path, not the
-    # model's accuracy, which docs/model-card.md reports on patients it did not train on.)
+    # ... the anatomical coverage (lung apex to vertex) makes it Head and neck, and so does the final answer:
+    # the disagreement is its own audit row and routes the series by the disagreement rule.
     upper_uid = uids["fltbreast001_petct_upper"]
-    assert upper["image"]["labels"]["body_part"] == "Head and neck"
-    assert upper["disagreement"] == {"body_part": "conflict"}
-    assert disagreements[upper_uid].details["body_part"] == {"prior": "Chest", "image": "Head and neck"}
+    coverage = upper["measurements"]["coverage"]
+    assert (coverage["label"], coverage["from"], coverage["to"]) == ("Head and neck", "chest", "head")
+    assert upper["final"]["body_part"]["label"] == "Head and neck"
+    expected = {"prior": "Chest", "with": "final", "final": "Head and neck"}
+    assert upper["disagreement"] == {"body_part": expected}
+    row = disagreements[upper_uid].details["body_part"]
+    assert (row["prior"], row["final"], row["with"]) == ("Chest", "Head and neck", "final")
     assert "doubtful-flagged" in decisions[upper_uid].details["matched_rules"]
     # Every series whose tags and image agree is not flagged.
     for name, uid in uids.items():

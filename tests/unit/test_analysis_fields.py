@@ -23,7 +23,7 @@ from node.classify.fields import (
     markdown_table,
 )
 from node.classify.fusion import UNKNOWN as FUSION_UNKNOWN
-from node.classify.fusion import FusionPolicy, fuse_task
+from node.classify.fusion import FusionPolicy, Opinion, fuse_task
 from node.classify.labels import TASKS
 from node.classify.package import load_package
 from node.classify.prior import UNKNOWN as PRIOR_UNKNOWN
@@ -164,6 +164,10 @@ def test_prediction_sources_and_unknown_are_what_fusion_and_the_prior_write() ->
         ],
         "body_part": [fuse_task("body_part", None, model, policy) for model in (confident, None)],
     }
+    blood = Opinion("blood", {"yes": 0.98, "no": 0.02}, "aorta-like tube, 250 HU")
+    coverage = Opinion("coverage", {c: float(c == "Chest") * 0.8 + 0.2 / 16 for c in TASKS["body_part"]})
+    results["contrast"].append(fuse_task("contrast", None, image, policy, blood))
+    results["body_part"].append(fuse_task("body_part", None, image, policy, coverage))
     for task, answers in results.items():
         assert {r.source for r in answers} <= set(SOURCES_BY_TASK[task]), task
     assert {r.source for answers in results.values() for r in answers} == set(PREDICTION_SOURCES)

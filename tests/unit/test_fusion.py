@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 from node.classify.engine import ImagePrediction
-from node.classify.fusion import FusionPolicy, fuse, relation
+from node.classify.fusion import FusionPolicy, FusionWeights, Opinion, fuse, relation
 from node.classify.labels import TASKS
 
 
@@ -55,18 +55,61 @@ def test_axis_from_the_image_when_there_is_no_geometry() -> None:
     assert not fused.tasks["axis"].disagreement  # a 0.4 prior is too weak to disagree with
 
 
-def test_breast_tag_against_head_and_neck_image_is_a_disagreement() -> None:
+def coverage(label: str, p: float = 0.77) -> Opinion:
+    classes = TASKS["body_part"]
+    rest = (1 - p) / (len(classes) - 1)
+    return Opinion("coverage", {c: p if c == label else rest for c in classes}, "covers")
+
+
+def blood(p_yes: float) -> Opinion:
+    return Opinion("blood", {"yes": p_yes, "no": 1 - p_yes}, "aorta-like tube")
+
+
+def test_breast_tag_against_head_and_neck_coverage_is_a_disagreement() -> None:
+    """BodyPartExamined BREAST (read as Chest 0.5) on a series that runs from the lung apex to the vertex."""
     priors = {"body_part": Answer("Chest", 0.5, "BodyPartExamined")}
-    fused = fuse(priors, image("Head and neck", 0.8), POLICY)
+    fused = fuse(priors, image("Head and neck", 0.8), POLICY, {"body_part": coverage("Head and neck")})
     body = fused.tasks["body_part"]
-    assert (body.label, body.source, body.relation, body.disagreement) == (
+    assert (body.label, body.source, body.disagreement, body.disagreement_with) == (
         "Head and neck",
-        "image",
-        "conflict",
+        "coverage",
         True,
+        "final",
     )
+    assert set(body.sources) == {"prior", "coverage", "image"}
     facts = fused.as_facts()
     assert facts["disagreement.body_part"] is True and facts["disagreement.any"] is True
+
+
+def test_a_weak_image_model_alone_does_not_override_a_tag() -> None:
+    """The network is one more source, weighted by its proven reliability: alone it does not beat a tag."""
+    priors = {"body_part": Answer("Chest", 0.5, "BodyPartExamined")}
+    body = fuse(priors, image("Head and neck", 0.8), POLICY).tasks["body_part"]
+    assert (body.label, body.source, body.disagreement) == ("Chest", "prior", False)
+
+
+def test_an_explicit_contrast_tag_yields_only_to_strong_measured_evidence() -> None:
+    tag = {"contrast": Answer("yes", 0.95, "ContrastBolusAgent")}
+    strong = fuse(tag, image("Chest", 0.9, contrast="yes", p=0.7), POLICY, {"contrast": blood(0.02)})
+    contrast = strong.tasks["contrast"]
+    assert (contrast.label, contrast.source, contrast.disagreement) == ("no", "blood", True)
+    assert contrast.confidence > 0.6
+    weak = fuse(tag, None, POLICY, {"contrast": blood(0.45)}).tasks["contrast"]
+    assert (weak.label, weak.source, weak.disagreement) == ("yes", "prior", False)
+
+
+def test_measured_blood_decides_where_the_tags_say_nothing() -> None:
+    result = fuse({}, image("Chest", 0.9, contrast="yes", p=0.64), POLICY, {"contrast": blood(0.01)})
+    contrast = result.tasks["contrast"]
+    assert (contrast.label, contrast.source, contrast.low_confidence) == ("no", "blood", False)
+    assert not contrast.disagreement  # no tag to disagree with
+
+
+def test_weights_are_the_reliability_of_each_source() -> None:
+    priors = {"contrast": Answer("no", 0.7, "SeriesDescription")}
+    trusted = FusionPolicy(weights=FusionWeights({"contrast": {"prior": 0.2, "image": 1.0}}))
+    assert fuse(priors, image("Chest", 0.9, contrast="yes", p=0.8), trusted).tasks["contrast"].label == "yes"
+    assert fuse(priors, image("Chest", 0.9, contrast="yes", p=0.8), POLICY).tasks["contrast"].label == "no"
 
 
 def test_overlapping_regions_are_partial_not_a_disagreement() -> None:

@@ -8,6 +8,7 @@ patient axis it runs closest to (an oblique or tilted series keeps its small ang
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +37,18 @@ class CanonicalVolume:
 
 
 def canonical(volume: Volume) -> CanonicalVolume:
-    row = np.asarray(volume.row_cosine, dtype=float)  # direction of increasing column index (array axis 2)
-    col = np.asarray(volume.column_cosine, dtype=float)  # direction of increasing row index (array axis 1)
+    return turn(volume.voxels, volume.spacing, volume.row_cosine, volume.column_cosine)
+
+
+def turn(
+    voxels_in: np.ndarray,
+    spacing_in: Sequence[float],
+    row_cosine: Sequence[float],
+    column_cosine: Sequence[float],
+) -> CanonicalVolume:
+    """(slices, rows, cols) voxels with DICOM's row/column cosines, turned to the patient's axes."""
+    row = np.asarray(row_cosine, dtype=float)  # direction of increasing column index (array axis 2)
+    col = np.asarray(column_cosine, dtype=float)  # direction of increasing row index (array axis 1)
     normal = np.cross(row, col)  # direction of increasing slice index (array axis 0)
     directions = {0: normal, 1: col, 2: row}
     # For each array axis: the patient axis it follows most closely, and whether it runs along it or against.
@@ -50,10 +61,10 @@ def canonical(volume: Volume) -> CanonicalVolume:
     source_of = {
         target: next(a for a, p in patient_axis.items() if p == _TARGET[target]) for target in range(3)
     }
-    voxels = np.transpose(volume.voxels, (source_of[0], source_of[1], source_of[2]))
+    voxels = np.transpose(voxels_in, (source_of[0], source_of[1], source_of[2]))
     for target in range(3):
         if sign[source_of[target]] < 0:
             voxels = np.flip(voxels, axis=target)
-    spacing = tuple(float(volume.spacing[source_of[t]]) for t in range(3))
+    spacing = tuple(float(spacing_in[source_of[t]]) for t in range(3))
     acquired = {2: "axial", 1: "coronal", 0: "sagittal"}[patient_axis[0]]
     return CanonicalVolume(np.ascontiguousarray(voxels), (spacing[0], spacing[1], spacing[2]), acquired)

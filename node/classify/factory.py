@@ -31,7 +31,7 @@ def build_analyser(settings: ClassifySettings) -> tuple[SeriesAnalyser, int]:
         batch_wait_ms=settings.batch_wait_ms,
         cpu_threads=settings.cpu_threads,
     )
-    policy = FusionPolicy(settings.min_confidence, settings.min_prior_confidence)
+    policy = FusionPolicy(settings.min_confidence, settings.min_prior_confidence, package.fusion_weights)
     workers = settings.workers or (4 if engine.on_gpu else 1)
     decoders = None
     if settings.decode_processes:

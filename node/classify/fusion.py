@@ -29,11 +29,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from node.classify.engine import ImagePrediction
 from node.classify.labels import TASKS
 from node.classify.prior import body_parts_overlap
+
+if TYPE_CHECKING:  # engine imports torch; fusion itself is pure
+    from node.classify.engine import ImagePrediction
 
 UNKNOWN = "unknown"
 # The prior's axis comes from geometry when its source is Image Orientation (Patient), at the top level

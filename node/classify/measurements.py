@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.classify.bloodpool import BloodPool, measure_blood
-from node.classify.canonical import canonical
+from node.classify.canonical import CanonicalVolume, canonical
 from node.classify.coverage import Coverage, measure_coverage
 from node.classify.fusion import Opinion
 from node.volume import Volume
@@ -69,8 +69,11 @@ class Measurements:
 
 
 def measure(volume: Volume) -> Measurements:
+    return measure_turned(canonical(volume))
+
+
+def measure_turned(turned: CanonicalVolume) -> Measurements:
     started = time.perf_counter()
-    turned = canonical(volume)
     coverage = measure_coverage(turned)
     covered = time.perf_counter()
     blood = measure_blood(turned) if coverage.anatomical else None

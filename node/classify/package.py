@@ -24,6 +24,7 @@ import monai
 import numpy as np
 import torch
 
+from node.classify.fusion import FusionWeights
 from node.classify.labels import TASKS
 from node.classify.model import MultiTaskResNet, NetworkSpec, build_network
 from node.classify.preprocess import WINDOW_HU
@@ -63,6 +64,17 @@ class ModelPackage:
         """In-plane size slices are block-averaged to while read (training and inference alike)."""
         preprocessing = self.metadata.get("node", {}).get("preprocessing", {})
         return int(preprocessing.get("max_in_plane") or 2 * max(self.spec.grid))
+
+    @property
+    def fusion_weights(self) -> FusionWeights:
+        """The per-source reliabilities fusion uses with this package (node.fusion.weights in the metadata);
+        the documented defaults for a package that records none."""
+        recorded = self.metadata.get("node", {}).get("fusion", {}).get("weights")
+        if not isinstance(recorded, dict):
+            return FusionWeights()
+        defaults = FusionWeights().as_dict()
+        merged = {task: {**defaults.get(task, {}), **dict(w)} for task, w in recorded.items()}
+        return FusionWeights({**defaults, **merged})
 
     def load_network(self, device: torch.device | str = "cpu") -> MultiTaskResNet:
         network = build_network(self.spec)

@@ -203,8 +203,13 @@ def evaluate(
     manifest: Manifest = read_manifest(manifest_path)
     for series_id, reason in manifest.skipped:
         print(f"skipped {series_id}: {reason}")
+    from node.classify.measurements import MEASURE_IN_PLANE
+
     volumes = load_volumes(
-        manifest.entries, max_in_plane=package.max_in_plane, cache_dir=cache_dir, progress=progress
+        manifest.entries,
+        max_in_plane=max(package.max_in_plane, MEASURE_IN_PLANE),  # as the node reads them
+        cache_dir=cache_dir,
+        progress=progress,
     )
     all_views = {k: View.from_volume(v) for k, v in volumes.items()}
     items = views_to_score(manifest.entries, all_views, derived=views == "augmented")
@@ -222,8 +227,18 @@ def evaluate(
         title=f"{package.model_id} on {manifest_path.name}",
         extra={"model": package.model_id, "manifest": str(manifest_path), "views": views},
     )
+    from node.classify.fusion import FusionPolicy
+    from node.training.sources import report_sources, representative_header, score_sources
+
+    policy = FusionPolicy(weights=package.fusion_weights)
+    scored = [
+        score_sources(item, probs, representative_header(item.entry, cache_dir), policy)
+        for item, probs in zip(items, probabilities, strict=True)
+    ]
+    result["sources"] = report_sources(scored, out, f"{package.model_id} on {manifest_path.name}")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     history = package.metadata.get("node", {}).get("training", {}).get("history")
     if history:
         plot_training_curves(history, out / "training_curves.png", f"{package.model_id}: training")
-    print(f"wrote {out}/metrics.json, predictions.csv, confusion_<task>.png")
+    print(f"wrote {out}/metrics.json, sources.json, predictions.csv, confusion_<task>.png, reliability.png")
     return result

@@ -101,3 +101,28 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path, title
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_reliability(calibration: Mapping[str, Any], path: Path, title: str) -> Path:
+    """A reliability diagram: accuracy against confidence per bin, one line per task and all tasks pooled
+    (the diagonal is perfect calibration); the legend gives each expected calibration error."""
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for name, block in calibration.items():
+        rows = block.get("bins", [])
+        if not rows:
+            continue
+        xs = [r["confidence"] for r in rows]
+        ys = [r["accuracy"] for r in rows]
+        ax.plot(xs, ys, marker="o", label=f"{name} (ECE {block['ece']}, n={block['n']})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence of the final answer")
+    ax.set_ylabel("share correct")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -19,11 +19,35 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from node.classify.fusion import FusionPolicy
 from node.classify.labels import TASKS
-from node.training.evaluate import read_predictions, report, write_predictions
+from node.training.evaluate import (
+    network_inputs,
+    predict_probabilities,
+    read_predictions,
+    report,
+    views_to_score,
+    write_predictions,
+)
 from node.training.metrics import Prediction
 from node.training.plots import plot_training_curves
-from node.training.train import TrainConfig, TrainingError, prepare, run_training, set_threads, write_package
+from node.training.sources import (
+    ScoredSources,
+    read_scored,
+    report_sources,
+    representative_header,
+    score_sources,
+    write_scored,
+)
+from node.training.train import (
+    TrainConfig,
+    TrainingError,
+    choose_device,
+    prepare,
+    run_training,
+    set_threads,
+    write_package,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +65,18 @@ def crossval(config: TrainConfig, *, package_dir: Path | None = None) -> dict[st
         raise TrainingError("leave-one-patient-out needs at least two patients with labels")
     command = " ".join(shlex.quote(a) for a in ["node", *sys.argv[1:]]) if sys.argv else ""
     pooled: list[Prediction] = []
+    scored: list[ScoredSources] = []
     fold_seconds: dict[str, float] = {}
+    device = choose_device(config.device)
+    policy = FusionPolicy()
     for number, patient in enumerate(patients, start=1):
         fold_dir = config.out / "folds" / patient
         done = fold_dir / "predictions.csv"
-        if config.resume and done.is_file():
+        sources_done = fold_dir / "sources.json"
+        if config.resume and done.is_file() and sources_done.is_file():
             logger.info("fold %d/%d (%s): done earlier, reusing %s", number, len(patients), patient, done)
             pooled += read_predictions(done, list(TASKS))
+            scored += read_scored(sources_done)
             continue
         logger.info("fold %d/%d: holding out patient %s", number, len(patients), patient)
         fold_started = time.monotonic()
@@ -62,6 +91,18 @@ def crossval(config: TrainConfig, *, package_dir: Path | None = None) -> dict[st
         result = run_training(fold_config, manifest, views)
         predictions = [replace(p, fold=patient) for p in result.val_predictions]
         write_predictions(predictions, done, list(TASKS))
+        # Every source on the held-out patient's series and views, with this fold's network.
+        held_out = [e for e in manifest.entries if e.patient == patient]
+        items = views_to_score(held_out, views, derived=True)
+        probabilities = predict_probabilities(
+            result.network, network_inputs(items, config.grid), device, config.batch_size
+        )
+        fold_scored = [
+            score_sources(item, probs, representative_header(item.entry, config.cache_dir), policy, patient)
+            for item, probs in zip(items, probabilities, strict=True)
+        ]
+        write_scored(fold_scored, sources_done)
+        scored += fold_scored
         plot_training_curves(result.history, fold_dir / "training_curves.png", f"fold {patient}")
         fold_seconds[patient] = round(time.monotonic() - fold_started, 1)
         pooled += predictions
@@ -80,6 +121,8 @@ def crossval(config: TrainConfig, *, package_dir: Path | None = None) -> dict[st
             "fold_seconds": fold_seconds,
         },
     )
+    summary["sources"] = report_sources(scored, config.out, "leave-one-patient-out, every source")
+    (config.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("cross-validation took %.0f s", time.monotonic() - started)
     if package_dir is not None:
         final_config = replace(

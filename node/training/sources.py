@@ -271,3 +271,45 @@ def report_sources(scored: Sequence[ScoredSources], out: Path, title: str) -> di
     (out / "sources.txt").write_text(text + "\n")
     (out / "sources.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def write_scored(scored: Sequence[ScoredSources], path: Path) -> Path:
+    """Keep a fold's scored sources (crossval --resume reads them back)."""
+    import json
+
+    rows = [
+        {
+            "flagged": s.flagged,
+            "predictions": {
+                source: {
+                    "series": p.series,
+                    "view": p.view,
+                    "patient": p.patient,
+                    "fold": p.fold,
+                    "truth": dict(p.truth),
+                    "predicted": dict(p.predicted),
+                    "confidence": dict(p.confidence),
+                }
+                for source, p in s.predictions.items()
+            },
+        }
+        for s in scored
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    return path
+
+
+def read_scored(path: Path) -> list[ScoredSources]:
+    import json
+
+    out = []
+    for row in json.loads(path.read_text()):
+        predictions = {
+            source: Prediction(
+                p["series"], p["view"], p["patient"], p["truth"], p["predicted"], p["confidence"], p["fold"]
+            )
+            for source, p in row["predictions"].items()
+        }
+        out.append(ScoredSources(predictions, dict(row["flagged"])))
+    return out

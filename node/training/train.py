@@ -486,11 +486,19 @@ def validation_metrics(predictions: Sequence[Prediction]) -> dict[str, Any]:
     return out
 
 
+def reading_in_plane(config: TrainConfig) -> int:
+    """In-plane size the series are read at: 2 x the grid, and at least what the node's measurements
+    read (node.classify.measurements.MEASURE_IN_PLANE), so that training sees what the node sees."""
+    from node.classify.measurements import MEASURE_IN_PLANE
+
+    return config.max_in_plane or max(2 * max(config.grid), MEASURE_IN_PLANE)
+
+
 def prepare(config: TrainConfig) -> tuple[Manifest, dict[str, View]]:
     manifest = read_manifest(config.manifest)
     for series_id, reason in manifest.skipped:
         print(f"skipped {series_id}: {reason}")
-    max_in_plane = config.max_in_plane or 2 * max(config.grid)
+    max_in_plane = reading_in_plane(config)
     volumes = load_volumes(
         manifest.entries,
         max_in_plane=max_in_plane,
@@ -518,7 +526,7 @@ def write_package(
         description=config.description,
         training=training_metadata(config, result, manifest),
         metrics=dict(metrics) if metrics is not None else validation_metrics(result.val_predictions),
-        max_in_plane=config.max_in_plane,
+        max_in_plane=reading_in_plane(config),
     )
     network = copy.deepcopy(result.network).cpu()
     save_package(target, network, metadata)

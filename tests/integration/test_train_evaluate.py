@@ -104,6 +104,33 @@ def test_train_resume_evaluate(manifest: Path, tmp_path: Path, capsys: pytest.Ca
     rows = (evaluation / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("series,view,independent,patient")
     assert len(rows) == 1 + metrics["original"]["n_views"] + metrics["derived"]["n_views"]
+    # Every source scored on its own and fused; the final answer's calibration.
+    sources = json.loads((evaluation / "sources.json").read_text())["original"]
+    assert set(sources["sources"]) == {"prior", "network", "blood", "coverage", "final"}
+    contrast = sources["sources"]["blood"]["tasks"]["contrast"]
+    assert contrast["accuracy"]["n"] == 4 and contrast["answered"]["n"] == 4
+    assert sources["calibration"]["all_tasks"]["n"] == 3 + 4 + 4  # body part, axis, contrast answers
+    assert "prior" in printed and "coverage" in printed and "ECE" in printed
+    assert _is_png(evaluation / "reliability.png")
+
+
+def test_crossval_scores_every_source_on_held_out_patients(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    assert main(["crossval", "--manifest", str(manifest), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["patients"] == ["P4", "P6", "P7", "P8"]
+    sources = metrics["sources"]["original"]["sources"]
+    # Each held-out series was scored by the network of the fold that did not see its patient.
+    assert sources["final"]["tasks"]["contrast"]["accuracy"]["n"] == 4
+    for patient in ("P4", "P6", "P7", "P8"):
+        assert (out / "folds" / patient / "sources.json").is_file()
+    # --resume reuses the finished folds and reports the same figures.
+    assert (
+        main(["crossval", "--manifest", str(manifest), "--out", str(out), "--epochs", "1", "--resume", *TINY])
+        == 0
+    )
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["sources"]["original"]["sources"] == sources
 
 
 def test_resume_refuses_other_settings(manifest: Path, tmp_path: Path) -> None:

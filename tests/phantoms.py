@@ -72,3 +72,48 @@ def spine_position(
 ) -> tuple[float, float]:
     """(y, x) in mm of the phantom's vertebral body centre."""
     return size * spacing[1] / 2 + 55.0, size * spacing[2] / 2
+
+
+BONE, BRAIN, LUNG = 600.0, 35.0, -850.0
+
+
+def _plane(region: str, size: int, d: float) -> np.ndarray:
+    """One axial slice of a region of a simple body: pelvis, abdomen, chest, neck, head (d mm per pixel)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    y, x = (yy - size / 2) * d, (xx - size / 2) * d
+    plane = np.full((size, size), AIR, dtype=np.float32)
+
+    def ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+        return bool_array(((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0)
+
+    if region == "head":
+        plane[ellipse(0, 0, 95, 80)] = BONE
+        plane[ellipse(0, 0, 88, 73)] = BRAIN
+        return plane
+    if region == "neck":
+        plane[ellipse(0, 0, 55, 60)] = SOFT
+        plane[ellipse(25, 0, 9, 9)] = BONE
+        return plane
+    plane[ellipse(0, 0, 110, 165)] = SOFT
+    plane[ellipse(60, 0, 18, 18)] = BONE  # vertebral body
+    if region == "chest":
+        plane[ellipse(-5, -75, 70, 55)] = LUNG
+        plane[ellipse(-5, 75, 70, 55)] = LUNG
+    if region == "pelvis":
+        plane[ellipse(10, -110, 40, 14)] = BONE  # iliac wings
+        plane[ellipse(10, 110, 40, 14)] = BONE
+    return plane
+
+
+def bool_array(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=bool)
+
+
+def body_phantom(
+    segments: list[tuple[str, float]], *, slice_mm: float = 5.0, pixel_mm: float = 2.0, size: int = 200
+) -> CanonicalVolume:
+    """A canonical volume (z from the feet end) made of the regions in order, each this many mm long."""
+    planes = []
+    for region, length in segments:
+        planes += [_plane(region, size, pixel_mm)] * max(1, int(round(length / slice_mm)))
+    return CanonicalVolume(np.stack(planes), (slice_mm, pixel_mm, pixel_mm), "axial")

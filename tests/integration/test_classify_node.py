@@ -185,3 +185,31 @@ def test_compressed_series_decoded_in_a_process_pool(tmp_path: Path, package: Pa
     assert in_pool.facts["classifiable"] is True
     assert in_pool.audit["volume"]["transfer_syntaxes"] == [RLELossless]
     assert in_pool.audit["image"]["probabilities"] == in_process.audit["image"]["probabilities"]
+
+
+def test_random_pixel_bytes_are_not_classified(tmp_path: Path, package: Path) -> None:
+    """A CT series of random pixel bytes shows no anatomy: not classifiable, no confident answer (it once came
+    out "Chest 0.99, contrast yes 1.00")."""
+    from node.classify.analyser import ClassifyingAnalyser
+    from node.classify.engine import ClassifierEngine
+    from node.classify.package import load_package
+
+    series_uid, study = generate_uid(), generate_uid()
+    rng = np.random.default_rng(1)
+    files = []
+    for n in range(1, 13):
+        ds = ct_with_geometry(series_uid, study, n, rows=64)
+        ds.PixelData = rng.integers(0, 4096, size=64 * 64, dtype=np.uint16).tobytes()
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    analyser = ClassifyingAnalyser(ClassifierEngine(load_package(package), device="cpu"))
+    result = analyser.analyse(series_uid, ct_with_geometry(series_uid, study, 1), files)
+    assert result.facts["classifiable"] is False
+    assert result.facts["classification.code"] == "no_anatomy"
+    assert result.facts["classification.reason"].startswith("no anatomy")
+    assert result.audit["image"] is None
+    # Only the tags speak (BodyPartExamined CHEST, SeriesDescription "CHEST WO").
+    for task in ("body_part", "contrast"):
+        assert result.facts[f"prediction.{task}_source"] == "prior"
+        assert result.facts[f"prediction.{task}"] == result.facts[f"prior.{task}"]

@@ -1,9 +1,10 @@
-"""Classification benchmark: per-series latency (assemble / preprocess / infer) and throughput.
+"""Classification benchmark: per-series latency (assemble / measure / preprocess / infer) and throughput.
 
     python bench/classify_bench.py [--model DIR] [--device auto|cpu|cuda] [--repeat 3]
 
-For every DICOM series in ../shared/data/ct it prints the node's assembly time next to MONAI's own
-DICOM series loader (LoadImage with PydicomReader, full resolution: what a MONAI pipeline does) run in
+For every DICOM series in ../shared/data/ct it prints the node's assembly time and the anatomical
+measurements (coverage and blood pool: node.classify.measurements), with MONAI's own DICOM series
+loader (LoadImage with PydicomReader, full resolution: what a MONAI pipeline does) run in
 the same process on the same files, then the network's preprocess and inference time with the model
 package the node would load. Then inference alone for the candidate backbones at 128^3 (the choice of
 network), and, when CUDA is there, series per second for batches of 1..32 and for the whole path with
@@ -27,12 +28,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.classify.engine import ClassifierEngine  # noqa: E402
 from node.classify.labels import TASKS  # noqa: E402
+from node.classify.measurements import MEASURE_IN_PLANE, measure  # noqa: E402
 from node.classify.model import NetworkSpec, build_network  # noqa: E402
 from node.classify.package import STARTER_PACKAGE, load_package  # noqa: E402
 from node.volume import NotClassifiable, Volume, assemble_series  # noqa: E402
 from tests.peers import CT_DATA_DIR, DICOM_SERIES, unpack_ct  # noqa: E402
 
-SERIES = DICOM_SERIES
+
+def shared_dicom_series() -> tuple[str, ...]:
+    """Every DICOM series of the shared manifest (the tests' DICOM_SERIES when there is no manifest)."""
+    import csv
+
+    manifest = CT_DATA_DIR / "manifest.csv"
+    if not manifest.is_file():
+        return DICOM_SERIES
+    with manifest.open(newline="") as fh:
+        return tuple(row["id"] for row in csv.DictReader(fh) if row["format"] == "dicom")
+
+
+SERIES = shared_dicom_series()
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -51,9 +65,12 @@ def monai_load(folder: Path) -> object:
 
 
 def per_series(engine: ClassifierEngine, repeat: int, with_monai: bool) -> list[Volume]:
-    max_in_plane = engine.package.max_in_plane
+    max_in_plane = max(engine.package.max_in_plane, MEASURE_IN_PLANE)  # as the node's analyser reads
     print(f"\nper series, CPU threads {torch.get_num_threads()}, median of {repeat} (ms)")
-    header = f"{'series':28s} {'slices':>6s} {'assemble':>9s} {'preproc':>8s} {'infer':>7s} {'total':>7s}"
+    header = (
+        f"{'series':28s} {'slices':>6s} {'assemble':>9s} {'measure':>8s} {'preproc':>8s} {'infer':>7s} "
+        f"{'total':>7s}"
+    )
     if with_monai:
         header += f" {'MONAI load':>10s} {'ratio':>6s}"
     print(header)
@@ -69,12 +86,16 @@ def per_series(engine: ClassifierEngine, repeat: int, with_monai: bool) -> list[
             continue
         assert isinstance(assembled, Volume)
         volumes.append(assembled)
+        measure_s, _ = median_seconds(lambda v=assembled: measure(v), repeat)
         runs = [engine.predict([assembled])[0].timings_ms for _ in range(repeat)]
         pre = statistics.median(r["preprocess"] for r in runs)
         inf = statistics.median(r["infer"] for r in runs)
-        total = assemble_s * 1000 + pre + inf
+        total = assemble_s * 1000 + measure_s * 1000 + pre + inf
         totals.append(total)
-        line = f"{name:28s} {len(files):6d} {assemble_s * 1000:9.0f} {pre:8.1f} {inf:7.0f} {total:7.0f}"
+        line = (
+            f"{name:28s} {len(files):6d} {assemble_s * 1000:9.0f} {measure_s * 1000:8.0f} {pre:8.1f} "
+            f"{inf:7.0f} {total:7.0f}"
+        )
         if with_monai:
             monai_s, _ = median_seconds(lambda d=folder: monai_load(d), repeat)
             line += f" {monai_s * 1000:10.0f} {assemble_s / monai_s:6.2f}"

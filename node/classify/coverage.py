@@ -42,6 +42,8 @@ MIN_RUN_MM = 10.0  # a landmark run shorter than this is noise
 # The segments of the body along the head-to-feet axis, feet first.
 SEGMENTS = ("legs", "pelvis", "abdomen", "chest", "neck", "head")
 COARSE_PIXEL_MM = 3.0  # slices are block-averaged to about this pixel size before they are measured
+# A slice whose body covers more than this share of the image border is cut by the field of view.
+TRUNCATED_BORDER_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class SliceMeasure:
     lateral_bone_cm2: float
     limbs: bool  # the body splits into two similar limbs (legs)
     anatomical: bool  # a body outline with soft tissue: this slice shows a patient
+    truncated: bool = False  # the field of view cuts the body (a crop, a small-field reconstruction)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ def measure_slice(s: np.ndarray, z_mm: float, dy: float, dx: float) -> SliceMeas
     area = float(np.count_nonzero(filled)) * dy * dx / 100.0
     if area < MIN_BODY_CM2:
         return SliceMeasure(z_mm, area, 0.0, 0.0, 0.0, 0.0, False, False)
+    edges = np.concatenate((filled[0], filled[-1], filled[:, 0], filled[:, -1]))
+    truncated = float(np.mean(edges)) > TRUNCATED_BORDER_SHARE
     inside = s[filled]
     soft = float(np.mean((inside > -150) & (inside < 150)))
     air = ndi.binary_opening((s < -400) & filled)
@@ -131,7 +136,7 @@ def measure_slice(s: np.ndarray, z_mm: float, dy: float, dx: float) -> SliceMeas
             limbs = abs(c1 - c2) * dx > 80.0 and third < 0.3 * second
     if limbs:
         area = float(sizes[order[0]] + sizes[order[1]])
-    return SliceMeasure(z_mm, area, lung_cm2 / area, lung_cm2, skull, lateral, limbs, soft >= 0.3)
+    return SliceMeasure(z_mm, area, lung_cm2 / area, lung_cm2, skull, lateral, limbs, soft >= 0.3, truncated)
 
 
 def _runs(flags: list[bool], z: list[float], step_mm: float) -> list[tuple[float, float]]:
@@ -206,6 +211,13 @@ def measure_coverage(volume: CanonicalVolume) -> Coverage:
     if anatomical < max(1, 0.3 * sampled):
         why = f"no anatomy: {anatomical} of {sampled} sampled slices show a body outline of soft tissue"
         return Coverage(False, {}, [], None, None, {}, why)
+    truncated = sum(1 for m in measures if m.anatomical and m.truncated)
+    if truncated > 0.5 * anatomical:
+        why = (
+            f"the field of view cuts the body on {truncated} of {anatomical} slices (a crop or a small-field "
+            "reconstruction): the cross-sections cannot place it"
+        )
+        return Coverage(True, {}, [], None, None, {}, why)
     z = [m.z_mm for m in measures]
     lung = _longest(_runs([_is_lung(m) for m in measures], z, step_mm))
     skull = _longest(_runs([m.skull > SKULL_SCORE for m in measures], z, step_mm))

@@ -66,3 +66,13 @@ def test_legs_are_outside_the_table_and_come_out_flat() -> None:
         {"legs": 300.0, "pelvis": 20.0, "abdomen": 0.0, "chest": 0.0, "neck": 0.0, "head": 0.0}, set()
     )
     assert max(probabilities.values()) < 0.5  # low confidence, never a confident wrong class
+
+
+def test_a_field_of_view_that_cuts_the_body_is_not_placed() -> None:
+    """A crop around the mediastinum: the cross-sections are the crop's, not the body's, so the coverage
+    gives no opinion (instead of "Neck" from a small area) and says why."""
+    whole = body_phantom([("abdomen", 40), ("chest", 200)])
+    crop = CanonicalVolume(whole.voxels[:, 50:150, 40:160].copy(), whole.spacing, "axial")
+    coverage = measure_coverage(crop)
+    assert coverage.anatomical and coverage.probabilities == {} and coverage.label is None
+    assert "field of view cuts the body" in coverage.reason

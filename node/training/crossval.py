@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from node import COMMAND
 from node.classify.fusion import FusionPolicy
 from node.classify.labels import TASKS
 from node.training.evaluate import (
@@ -63,7 +64,7 @@ def crossval(config: TrainConfig, *, package_dir: Path | None = None) -> dict[st
     patients = manifest.patients
     if len(patients) < 2:
         raise TrainingError("leave-one-patient-out needs at least two patients with labels")
-    command = " ".join(shlex.quote(a) for a in ["node", *sys.argv[1:]]) if sys.argv else ""
+    command = " ".join(shlex.quote(a) for a in [COMMAND, *sys.argv[1:]]) if sys.argv else ""
     pooled: list[Prediction] = []
     scored: list[ScoredSources] = []
     fold_seconds: dict[str, float] = {}

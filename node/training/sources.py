@@ -29,7 +29,7 @@ from node.classify.engine import ImagePrediction
 from node.classify.fusion import UNKNOWN, FusionPolicy, fuse
 from node.classify.labels import TASKS
 from node.classify.measurements import measure_turned
-from node.classify.prior import read_prior
+from node.classify.prior import body_parts_overlap, read_prior
 from node.training.dataset import ARCHIVE_SUFFIXES, DEFAULT_CACHE, SeriesEntry, unpack_archive
 from node.training.evaluate import ScoredView
 from node.training.metrics import Prediction
@@ -208,6 +208,16 @@ def source_metrics(scored: Sequence[ScoredSources]) -> dict[str, Any]:
                 "accuracy": metrics.tasks[task].accuracy.to_dict(),
                 "answered": Proportion(answered, len(known)).to_dict(),
             }
+            if task == "body_part":
+                # The answer's region overlaps the truth's (Chest for Chest-abdomen-pelvis): not exact, but
+                # the series still reaches where the rule meant.
+                overlapping = sum(
+                    1
+                    for p in known
+                    if p.predicted[task] in TASKS[task]
+                    and body_parts_overlap(p.predicted[task], str(p.truth[task]))
+                )
+                entry["tasks"][task]["overlapping"] = Proportion(overlapping, len(known)).to_dict()
         out[source] = entry
     return out
 
@@ -263,6 +273,12 @@ def report_sources(scored: Sequence[ScoredSources], out: Path, title: str) -> di
             + f"\nfinal answer calibration: ECE {calib['ece']} over {calib['n']} task answers; "
             + "wrong final answers flagged (low confidence or disagreement): "
             + f"{recall['flagged']} of {recall['wrong']}"
+            + "\nbody part, overlapping region: "
+            + ", ".join(
+                f"{s} {_proportion_text(o['k'], o['n'])}"
+                for s in ("prior", "network", "coverage", "final")
+                if (o := metrics[s]["tasks"].get("body_part", {}).get("overlapping"))
+            )
         )
         if group_name == "original":
             plot_reliability(block["calibration"], out / "reliability.png", f"{title}: final answers")

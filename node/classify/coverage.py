@@ -298,7 +298,7 @@ def body_part_from_segments(segments: dict[str, float], landmarks: set[str]) -> 
         vote("Chest-abdomen-pelvis", 1.0)
     elif pelvis >= 40.0 and abdomen < 80.0 and chest < 30.0:
         vote("Pelvis", 1.0)
-    elif abdomen >= 80.0 and (full_pelvis or pelvis >= 100.0) and chest < 0.5 * abdomen:
+    elif abdomen >= 80.0 and (full_pelvis or pelvis >= 60.0) and chest < 0.5 * abdomen:
         vote("Abdomen-pelvis", 1.0)
     elif abdomen >= 40.0:
         vote("Abdomen", 0.8)

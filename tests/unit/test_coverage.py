@@ -22,7 +22,7 @@ from tests.phantoms import body_phantom
             "Chest-abdomen-pelvis",
             ("pelvis", "neck"),
         ),
-        ([("pelvis", 60), ("abdomen", 200), ("chest", 90)], "Abdomen", ("pelvis", "chest")),
+        ([("pelvis", 60), ("abdomen", 200), ("chest", 120)], "Abdomen", ("pelvis", "chest")),
         ([("pelvis", 180), ("abdomen", 30)], "Pelvis", ("pelvis", "abdomen")),
     ],
 )

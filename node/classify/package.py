@@ -156,8 +156,10 @@ def bundle_metadata(
     metrics: dict[str, Any] | None = None,
     window_hu: tuple[float, float] = WINDOW_HU,
     max_in_plane: int | None = None,
+    fusion: FusionWeights | None = None,
 ) -> dict[str, Any]:
-    """metadata.json content: MONAI bundle fields plus a `node` section that the node reads."""
+    """metadata.json content: MONAI bundle fields plus a `node` section that the node reads (network,
+    classes, preprocessing, training, metrics, and the fusion weights used with this network)."""
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
         "0.8.1/meta_schema_20220324.json",
@@ -212,6 +214,10 @@ def bundle_metadata(
             },
             "training": training or {},
             "metrics": metrics or {},
+            "fusion": {
+                "weights": (fusion or FusionWeights()).as_dict(),
+                "method": "log-linear pooling; weights are per-source reliabilities (docs/classification.md)",
+            },
         },
     }
 

@@ -76,7 +76,8 @@ def measure_turned(turned: CanonicalVolume) -> Measurements:
     started = time.perf_counter()
     coverage = measure_coverage(turned)
     covered = time.perf_counter()
-    blood = measure_blood(turned) if coverage.anatomical else None
+    skull_base = dict(coverage.landmarks).get("skull base")
+    blood = measure_blood(turned, below_mm=skull_base) if coverage.anatomical else None
     done = time.perf_counter()
     return Measurements(
         coverage,

@@ -121,12 +121,12 @@ class ClassifyingAnalyser:
 
 def _summary(fused: Fused, image: ImagePrediction | None, not_classifiable: NotClassifiable | None) -> str:
     answers = ", ".join(
-        f"{task} {r.label} ({r.source} {r.confidence:.2f})" for task, r in fused.tasks.items()
+        f"{task} {r.label} {r.confidence:.2f} (mostly {r.source})" for task, r in fused.tasks.items()
     )
     if not_classifiable is not None:
         return f"not classifiable: {not_classifiable.reason}; from attributes: {answers}"
     disagreements = [task for task, r in fused.tasks.items() if r.disagreement]
     text = answers
     if disagreements:
-        text += "; prior and image disagree on " + ", ".join(disagreements)
+        text += "; the tags and the images disagree on " + ", ".join(disagreements)
     return text

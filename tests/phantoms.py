@@ -91,10 +91,12 @@ def _plane(region: str, size: int, d: float) -> np.ndarray:
         plane[ellipse(0, 0, 88, 73)] = BRAIN
         return plane
     if region == "neck":
-        plane[ellipse(0, 0, 55, 60)] = SOFT
+        plane[ellipse(0, 0, 55, 60)] = FAT
+        plane[ellipse(0, 0, 50, 55)] = SOFT
         plane[ellipse(25, 0, 9, 9)] = BONE
         return plane
-    plane[ellipse(0, 0, 110, 165)] = SOFT
+    plane[ellipse(0, 0, 110, 165)] = FAT  # subcutaneous fat
+    plane[ellipse(0, 0, 100, 155)] = SOFT
     plane[ellipse(60, 0, 18, 18)] = BONE  # vertebral body
     if region == "chest":
         plane[ellipse(-5, -75, 70, 55)] = LUNG

@@ -42,6 +42,8 @@ MIN_RUN_MM = 10.0  # a landmark run shorter than this is noise
 # The segments of the body along the head-to-feet axis, feet first.
 SEGMENTS = ("legs", "pelvis", "abdomen", "chest", "neck", "head")
 COARSE_PIXEL_MM = 3.0  # slices are block-averaged to about this pixel size before they are measured
+# Share of the cross-section that fat, bone or lung must reach for a slice to show a patient.
+MIN_TISSUE_SHARE = 0.03
 # A slice whose body covers more than this share of the image border is cut by the field of view.
 TRUNCATED_BORDER_SHARE = 0.25
 
@@ -110,6 +112,12 @@ def measure_slice(s: np.ndarray, z_mm: float, dy: float, dx: float) -> SliceMeas
     truncated = float(np.mean(edges)) > TRUNCATED_BORDER_SHARE
     inside = s[filled]
     soft = float(np.mean((inside > -150) & (inside < 150)))
+    # A patient is a mix of tissues: fat, bone or lung beside the soft tissue. A water or acrylic phantom
+    # is one density with at most small inserts.
+    fat = float(np.mean((inside > -150) & (inside < -50)))
+    dense = float(np.mean(inside > 200))
+    lung_air = float(np.mean(inside < -400))
+    mixed = fat >= MIN_TISSUE_SHARE or dense >= MIN_TISSUE_SHARE or lung_air >= MIN_TISSUE_SHARE
     air = ndi.binary_opening((s < -400) & filled)
     lung_cm2 = float(np.count_nonzero(air)) * dy * dx / 100.0
     bone = (s > 200) & filled
@@ -136,7 +144,8 @@ def measure_slice(s: np.ndarray, z_mm: float, dy: float, dx: float) -> SliceMeas
             limbs = abs(c1 - c2) * dx > 80.0 and third < 0.3 * second
     if limbs:
         area = float(sizes[order[0]] + sizes[order[1]])
-    return SliceMeasure(z_mm, area, lung_cm2 / area, lung_cm2, skull, lateral, limbs, soft >= 0.3, truncated)
+    anatomical = soft >= 0.3 and mixed
+    return SliceMeasure(z_mm, area, lung_cm2 / area, lung_cm2, skull, lateral, limbs, anatomical, truncated)
 
 
 def _runs(flags: list[bool], z: list[float], step_mm: float) -> list[tuple[float, float]]:
@@ -209,7 +218,10 @@ def measure_coverage(volume: CanonicalVolume) -> Coverage:
     measures, sampled, step_mm = _sampled_measures(volume)
     anatomical = sum(1 for m in measures if m.anatomical)
     if anatomical < max(1, 0.3 * sampled):
-        why = f"no anatomy: {anatomical} of {sampled} sampled slices show a body outline of soft tissue"
+        why = (
+            f"no anatomy: {anatomical} of {sampled} sampled slices show a body outline of soft tissue with "
+            "fat, bone or lung (random data, an empty scan or a phantom)"
+        )
         return Coverage(False, {}, [], None, None, {}, why)
     truncated = sum(1 for m in measures if m.anatomical and m.truncated)
     if truncated > 0.5 * anatomical:

@@ -23,12 +23,15 @@ from tests.peers import in_process_scp
 
 
 def ct_with_geometry(series_uid: str, study_uid: str, n: int, rows: int = 32) -> Dataset:
-    """An axial slice of a body-like phantom: an ellipse of soft tissue in air, 12 mm pixels (a 38 cm field
-    of view), so that the volume shows anatomy (random pixel bytes would be `no_anatomy`)."""
+    """An axial slice of a body-like phantom: an ellipse of soft tissue under a layer of fat, in air, 12 mm
+    pixels (a 38 cm field of view), so that the volume shows anatomy (random pixel bytes or a plain water
+    cylinder would be `no_anatomy`)."""
     ds = synthetic_ct(series_uid, study_uid, number=n, rows=rows)
     yy, xx = np.mgrid[0:rows, 0:rows]
     body = ((yy - rows / 2) / (rows * 0.35)) ** 2 + ((xx - rows / 2) / (rows * 0.45)) ** 2 <= 1.0
-    stored = np.where(body, 1024 + 40 + (yy + xx + n) % 7, 24).astype(np.uint16)  # HU = stored - 1024
+    inner = ((yy - rows / 2) / (rows * 0.28)) ** 2 + ((xx - rows / 2) / (rows * 0.38)) ** 2 <= 1.0
+    hu = np.where(inner, 40 + (yy + xx + n) % 7, np.where(body, -100, -1000))  # soft tissue in fat, in air
+    stored = (hu + 1024).astype(np.uint16)  # HU = stored - 1024
     ds.PixelData = stored.tobytes()
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.ImagePositionPatient = [0, 0, 2.5 * n]

@@ -76,3 +76,11 @@ def test_a_field_of_view_that_cuts_the_body_is_not_placed() -> None:
     coverage = measure_coverage(crop)
     assert coverage.anatomical and coverage.probabilities == {} and coverage.label is None
     assert "field of view cuts the body" in coverage.reason
+
+
+def test_a_water_phantom_shows_no_anatomy() -> None:
+    """A cylinder of water in air (a CT QA phantom): a body outline, but one density, no fat, bone or lung."""
+    yy, xx = np.mgrid[0:128, 0:128]
+    plane = np.where((yy - 64) ** 2 + (xx - 64) ** 2 <= 50**2, 0.0, -1000.0).astype(np.float32)
+    coverage = measure_coverage(CanonicalVolume(np.repeat(plane[None], 30, axis=0), (5.0, 2.0, 2.0), "axial"))
+    assert not coverage.anatomical and "phantom" in coverage.reason

@@ -30,6 +30,7 @@ from node.config import Settings
 from node.db.migrate import check_schema, upgrade
 from node.db.models import JobKind
 from node.db.session import display_url, make_engine, make_session_factory, sqlite_path
+from node.deliver.base import Sender
 from node.deliver.deliverer import Deliverer
 from node.deliver.dimse import DimseSender
 from node.errors import DatabaseError, ListenError
@@ -115,7 +116,7 @@ class NodeService:
                 route.backoff_max_seconds,
             ),
         )
-        senders = {"dimse": DimseSender(forward, self.settings.receive.ae_title)}
+        senders: dict[str, Sender] = {"dimse": DimseSender(forward, self.settings.receive.ae_title)}
         self.deliverer = Deliverer(
             self.spool,
             senders,

@@ -145,7 +145,7 @@ class Router:
         details = decision.to_audit()
         audit.record(session, Events.ROUTE_DECISION, decision.summary(), details=details, **where)
         _reconcile(session, series, job.generation, decision)
-        job.analysis = {"facts": analysis.facts, "summary": analysis.summary}
+        job.analysis = {"facts": analysis.facts, "summary": analysis.summary, "audit": analysis.audit}
         # Without a rules file nothing was decided: the series stays `complete`, so that retention keeps
         # its files until rules route it (`deliveries retry ROUTE_JOB --force`).
         decided = decision.routing is not None
@@ -189,7 +189,12 @@ class Router:
 def _stored_analysis(data: Any) -> AnalysisResult | None:
     if not isinstance(data, dict) or not isinstance(data.get("facts"), dict):
         return None
-    return AnalysisResult(facts=dict(data["facts"]), summary=str(data.get("summary", "")))
+    stored_audit = data.get("audit")
+    return AnalysisResult(
+        facts=dict(data["facts"]),
+        audit=dict(stored_audit) if isinstance(stored_audit, dict) else {},
+        summary=str(data.get("summary", "")),
+    )
 
 
 def _audit_analysis(session: Session, analysis: AnalysisResult, where: Where) -> None:

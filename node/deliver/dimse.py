@@ -47,7 +47,7 @@ from node.deliver.base import (
     is_delivered,
     status_is_retryable,
 )
-from node.deliver.destinations import DimseDestination
+from node.deliver.destinations import Destination, DimseDestination
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
 from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, guard_responses, quiet_logging
@@ -164,9 +164,8 @@ class DimseSender:
         self._fast_path = fast_path
         self._default_calling_ae = validate_ae_title(default_calling_ae)
 
-    def send(
-        self, destination: DimseDestination, files: Sequence[InstanceFile], on_sent: OnSent
-    ) -> SendOutcome:
+    def send(self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent) -> SendOutcome:
+        assert isinstance(destination, DimseDestination), destination.kind
         started = time.monotonic()
         outcome = SendOutcome()
         where = (

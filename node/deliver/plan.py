@@ -7,6 +7,8 @@ and which rules sent it where it went. `dicom-node deliveries retry ID --replan`
 again with the rules in force and replaces the plans of the deliveries it still chooses.
 
     plan = DeliveryPlan(destination, rules=("ct-to-pacs",), rules_sha256="ab12...", generation=1)
+    plan.destination.writeback / .structured_report     # what the copies carry (a rule may override)
+    plan.results                                        # the classification to write back, or None
     job.plan = plan.to_json()                       # stored with the job
     DeliveryPlan.from_json(job.plan)                # PlanError if missing or malformed
 """
@@ -18,10 +20,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from node.deliver.destinations import Destination, DimseDestination
+from node.deliver.destinations import Destination, destination_from_json
 from node.errors import NodeError
 
-PLAN_VERSION = 1
+# Version 2 added `results`; version 1 plans (no write-back) are still read.
+PLAN_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class PlanError(NodeError):
@@ -40,6 +44,9 @@ class DeliveryPlan:
     rules_source: str | None
     # The series generation to deliver (1 for the first completion, +1 per follow-up).
     generation: int
+    # What the analysis found, frozen for the write-back and the Structured Report (node.results):
+    # set only when the destination gets either; None otherwise.
+    results: dict[str, Any] | None = None
 
     @property
     def destination_name(self) -> str:
@@ -54,6 +61,7 @@ class DeliveryPlan:
             "rules_sha256": self.rules_sha256,
             "rules_source": self.rules_source,
             "generation": self.generation,
+            "results": self.results,
         }
 
     @classmethod
@@ -68,14 +76,19 @@ class DeliveryPlan:
         if not isinstance(data, dict):
             raise PlanError(f"{where}: the plan is not a JSON object")
         version = data.get("version")
-        if version != PLAN_VERSION:
-            raise PlanError(f"{where}: plan version {version!r} is not supported (expected {PLAN_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise PlanError(
+                f"{where}: plan version {version!r} is not supported (expected one of {READABLE_VERSIONS})"
+            )
         try:
-            destination = _destination(data.get("destination"))
+            destination = destination_from_json(data.get("destination"))
             rules = tuple(str(r) for r in data.get("rules") or ())
             generation = int(data["generation"])
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise PlanError(f"{where}: malformed plan: {exc}") from exc
+        results = data.get("results")
+        if results is not None and not isinstance(results, dict):
+            raise PlanError(f"{where}: malformed plan: results is not a JSON object")
         sha = data.get("rules_sha256")
         source = data.get("rules_source")
         return cls(
@@ -84,13 +97,6 @@ class DeliveryPlan:
             rules_sha256=str(sha) if sha is not None else None,
             rules_source=str(source) if source is not None else None,
             generation=generation,
+            results=results,
         )
 
-
-def _destination(data: Any) -> Destination:
-    if not isinstance(data, dict):
-        raise ValueError("no destination settings")
-    kind = data.get("kind", "dimse")
-    if kind != "dimse":
-        raise ValueError(f"unknown destination kind {kind!r}")
-    return DimseDestination.model_validate(data)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.analysis import AnalysisResult
+from node.deliver.destinations import DeliveryOptions, Destination
 from node.deliver.plan import DeliveryPlan
 from node.facts import SeriesFacts
+from node.results import frozen_results
 from node.rules.evaluation import FALLBACK, RoutingDecision, evaluate
 from node.rules.ruleset import RuleSet
 
@@ -77,14 +79,36 @@ def decide(facts: SeriesFacts, analysis: AnalysisResult, rules: RuleSet | None) 
     if rules is None:
         return Decision(facts.series_uid, facts.generation, None)
     routing = evaluate(rules, facts.with_extra(analysis.facts))
-    plans = {
-        name: DeliveryPlan(
-            destination=rules.destination(name),
+    results = frozen_results(analysis)
+    plans = {}
+    for name, chosen_by in sorted(routing.destinations.items()):
+        destination = _with_rule_options(rules, name, chosen_by)
+        wants_results = destination.writeback.mode != "none" or destination.structured_report
+        plans[name] = DeliveryPlan(
+            destination=destination,
             rules=tuple(chosen_by),
             rules_sha256=rules.sha256,
             rules_source=rules.source,
             generation=facts.generation,
+            results=results if wants_results else None,
         )
-        for name, chosen_by in sorted(routing.destinations.items())
-    }
     return Decision(facts.series_uid, facts.generation, routing, plans)
+
+
+def _with_rule_options(rules: RuleSet, name: str, chosen_by: list[str]) -> Destination:
+    """The destination with the `deliver:` overrides of the rules that chose it: for each field, the
+    first of those rules (in file order) that sets it decides; unset fields keep the destination's."""
+    writeback = structured_report = None
+    for rule_name in chosen_by:
+        rule = rules.rule(rule_name)
+        options = rule.deliver if rule is not None else None
+        if options is None:
+            continue
+        writeback = writeback if writeback is not None else options.writeback
+        if structured_report is None:
+            structured_report = options.structured_report
+    destination = rules.destination(name)
+    options = DeliveryOptions(writeback=writeback, structured_report=structured_report)
+    merged = destination.with_options(options)
+    assert isinstance(merged, type(destination))
+    return merged

@@ -127,8 +127,9 @@ def _decision_lines(decision: Decision) -> list[str]:
     for name, plan in decision.plans.items():
         dest = plan.destination
         lines.append(
-            f"  plan {name}: {dest.kind} {dest.ae_title}@{dest.host}:{dest.port}, "
-            f"generation {plan.generation}"
+            f"  plan {name}: {dest.kind} {dest.address}, generation {plan.generation}"
+            + (f", writeback {dest.writeback.mode}" if dest.writeback.mode != "none" else "")
+            + (", structured report" if dest.structured_report else "")
         )
     return lines
 

@@ -21,7 +21,15 @@ from pydantic import (
     model_validator,
 )
 
-from node.deliver.destinations import DimseDestination
+from node.deliver.destinations import (
+    DESTINATION_KINDS,
+    DeliveryOptions,
+    Destination,
+    DicomwebDestination,
+    DimseDestination,
+    HttpAuth,
+    WriteBack,
+)
 from node.errors import RulesError
 from node.rules.conditions import LEAF_KEYS, Condition
 from node.rules.evaluation import FALLBACK
@@ -60,6 +68,11 @@ class Rule(_Strict):
         "stop",
         description="stop: later rules are not evaluated; continue: they are, and their destinations add up",
     )
+    deliver: DeliveryOptions | None = Field(
+        None,
+        description="overrides what this rule's destinations get (writeback, structured_report); "
+        "the first matching rule that chose a destination and sets a field decides it",
+    )
 
     @model_validator(mode="after")
     def _action(self) -> Rule:
@@ -91,7 +104,7 @@ class RuleSet(_Strict):
     """A whole rules file."""
 
     version: Literal[1] = 1
-    destinations: dict[str, DimseDestination] = Field(
+    destinations: dict[str, Destination] = Field(
         default_factory=dict, description="name -> destination; the name is the key"
     )
     rules: list[Rule] = Field(default_factory=list, description="evaluated in order")
@@ -110,7 +123,7 @@ class RuleSet(_Strict):
         if not isinstance(value, dict):
             return value
         return {
-            key: ({"name": key, **dest} if isinstance(dest, dict) and "name" not in dest else dest)
+            key: ({"name": key, "kind": "dimse", **dest} if isinstance(dest, dict) else dest)
             for key, dest in value.items()
         }
 
@@ -138,8 +151,11 @@ class RuleSet(_Strict):
         """Things that are legal but probably not meant (unused destinations, implicit fallback)."""
         return list(self._warnings)
 
-    def destination(self, name: str) -> DimseDestination:
+    def destination(self, name: str) -> DimseDestination | DicomwebDestination:
         return self.destinations[name]
+
+    def rule(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -253,6 +269,10 @@ _KNOWN_KEYS = sorted(
         *RuleSet.model_fields,
         *Rule.model_fields,
         *DimseDestination.model_fields,
+        *DicomwebDestination.model_fields,
+        *WriteBack.model_fields,
+        *DeliveryOptions.model_fields,
+        *HttpAuth.model_fields,
         "all",
         "any",
         "not",
@@ -269,6 +289,9 @@ def _problem_from_error(error: Any, raw: Any) -> Problem:
         message = message[len("Value error, ") :]
     # Walk the raw YAML along the error's location, skipping the condition tags pydantic adds.
     path: list[Any] = [p for p in loc if not (isinstance(p, str) and p.startswith(_TAG_PREFIX))]
+    # A destination's kind is a union tag too: destinations.<name>.<kind>.<field>.
+    if len(path) >= 3 and path[0] == "destinations" and path[2] in DESTINATION_KINDS:
+        path = path[:2] + path[3:]
     node: Any = raw
     line: int | None = raw.line if isinstance(raw, LineDict) else None
     rule: str | None = None

@@ -18,11 +18,14 @@ def rules_json_schema() -> dict[str, Any]:
     schema = RuleSet.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Routing rules of the DICOM node (rules/*.yaml)"
-    dest = schema.get("$defs", {}).get("DimseDestination", {})
-    # In the file a destination's name is its key under `destinations:`.
-    if "name" in dest.get("required", []):
-        dest["required"] = [r for r in dest["required"] if r != "name"]
-        dest["properties"]["name"]["description"] = "optional; defaults to (and must equal) the key"
+    for kind in ("DimseDestination", "DicomwebDestination"):
+        dest = schema.get("$defs", {}).get(kind, {})
+        # In the file a destination's name is its key under `destinations:`; kind defaults to dimse.
+        for implied in ("name", "kind") if kind == "DimseDestination" else ("name",):
+            if implied in dest.get("required", []):
+                dest["required"] = [r for r in dest["required"] if r != implied]
+        if "name" in dest.get("properties", {}):
+            dest["properties"]["name"]["description"] = "optional; defaults to (and must equal) the key"
     condition = schema.get("$defs", {}).get("AttributeCondition")
     if condition is not None:
         condition["properties"]["attribute"]["examples"] = [*NODE_FIELDS, *ANALYSIS_FIELDS]

@@ -122,6 +122,39 @@ class HealthSettings(_Strict):
     stalled_loop_seconds: float = Field(120.0, gt=0)
 
 
+class WebUser(_Strict):
+    """One HTTP user of the web endpoints (basic auth). The password is never in the config: give its
+    PBKDF2 hash (`dicom-node web hash-password`) or a file holding the plain password (mode 0600)."""
+
+    username: str = Field(min_length=1)
+    password_hash: str | None = None
+    password_file: Path | None = None
+
+
+class WebAuthSettings(_Strict):
+    """Who may use the STOW-RS endpoint (docs/dicomweb.md). `kind: none` must be chosen explicitly and
+    logs a warning at start; health and metrics endpoints need no auth (they carry no patient data)."""
+
+    kind: Literal["basic", "bearer", "basic_or_bearer", "none"] = "basic_or_bearer"
+    users: list[WebUser] = []
+    # Bearer tokens: a file with one token per line (never the tokens themselves in the config).
+    tokens_file: Path | None = None
+
+
+class WebSettings(_Strict):
+    """The node's HTTP side (node/web): STOW-RS in, /health/live, /health/ready, /metrics. One server in
+    the node's process, started and stopped with the DICOM SCP."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    # A request body over this many bytes is refused with 413 (streamed to disk, never held in memory).
+    max_request_bytes: int = Field(4 * 1024**3, gt=0)
+    auth: WebAuthSettings = WebAuthSettings()
+    # Seconds a graceful stop waits for requests in flight.
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+
+
 class RetentionSettings(_Strict):
     # Spooled files of a series are deleted this long after every delivery of it succeeded
     # (and after routing decided there was nothing to deliver). None keeps files forever.
@@ -170,6 +203,7 @@ class Settings(_Strict):
     health: HealthSettings = HealthSettings()
     retention: RetentionSettings = RetentionSettings()
     classify: ClassifySettings = ClassifySettings()
+    web: WebSettings = WebSettings()
 
     @property
     def resolved_database_url(self) -> str:

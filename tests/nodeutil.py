@@ -37,12 +37,15 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     # Classification is off unless a test asks for it: the core tests route on attributes and
     # stay fast; tests/integration/test_classify_node.py and the e2e tests turn it on.
     classify = {"enabled": False, **overrides.pop("classify", {})}
+    # The HTTP side is off unless a test asks for it (then on an ephemeral loopback port).
+    web = {"enabled": False, "host": "127.0.0.1", "port": 0, **overrides.pop("web", {})}
     raw = {
         "data_dir": str(tmp_path / "data"),
         "receive": receive,
         "completion": completion,
         "forward": forward,
         "classify": classify,
+        "web": web,
         **overrides,
     }
     return Settings.model_validate(raw)
@@ -136,7 +139,11 @@ class NodeProcess:
     def __init__(self, work: Path, settings: dict[str, Any]) -> None:
         self.work = work
         self.config_path = work / "node.yaml"
-        settings = {**settings, "classify": {"enabled": False, **settings.get("classify", {})}}
+        settings = {
+            **settings,
+            "classify": {"enabled": False, **settings.get("classify", {})},
+            "web": {"enabled": False, "host": "127.0.0.1", "port": 0, **settings.get("web", {})},
+        }
         self.config_path.write_text(yaml.safe_dump(settings))
         self.port = int(settings["receive"]["port"])
         self.log_path = work / "node.log"

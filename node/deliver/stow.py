@@ -225,19 +225,19 @@ class StowSender:
             unsent = len(files) - len(outcome.sent) - len(outcome.failed)
             outcome.error = f"{where}: {problem.text}; {len(outcome.sent)} of {len(files)} instances sent"
             if unsent:
-                outcome.error += f", {unsent} not attempted"
+                outcome.error += f", {unsent} not attempted or unanswered"
             outcome.retryable = problem.retryable
-        if outcome.failed:
-            failures = _describe_failures(files, outcome)
+        # The instances of a request that failed as a whole are told by the problem's text and
+        # follow its verdict; the others failed one by one, with their own reasons.
+        stopped = set(problem.instance_ids) if problem else set()
+        singly = [i for i in outcome.failed if i not in stopped]
+        if singly:
+            failures = _describe_failures(files, outcome, singly[0])
             outcome.error = f"{outcome.error}; {failures}" if outcome.error else f"{where}: {failures}"
             # Retried when any failure may go away: the next attempt re-sends only the failed ones,
             # and once only permanent refusals are left, the delivery is dead-lettered.
-            # (The instances of a request that failed as a whole follow that request's verdict.)
             permanent = self._permanent(outcome)
-            stopped = set(problem.instance_ids) if problem else set()
-            outcome.retryable = outcome.retryable or any(
-                i not in permanent and i not in stopped for i in outcome.failed
-            )
+            outcome.retryable = outcome.retryable or any(i not in permanent for i in singly)
         if outcome.error is not None:
             outcome.error = auth.redact(outcome.error)
             outcome.failed = {k: auth.redact(v) for k, v in outcome.failed.items()}
@@ -395,9 +395,8 @@ class StowSender:
         return None
 
 
-def _describe_failures(files: Sequence[InstanceFile], outcome: SendOutcome) -> str:
+def _describe_failures(files: Sequence[InstanceFile], outcome: SendOutcome, first_id: int) -> str:
     by_id = {f.instance_id: f for f in files}
-    first_id = next(iter(outcome.failed))
     return (
         f"{len(outcome.failed)} of {len(files)} instances failed, first: SOP Instance "
         f"{by_id[first_id].sop_instance_uid}: {outcome.failed[first_id]}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.deliver.base import InstanceFile, SendOutcome
-from node.deliver.destinations import DicomwebDestination, HttpAuth
+from node.deliver.destinations import DicomwebDestination
 from node.deliver.stow import MultipartBody, StowSender, parse_store_response
 from tests.peers import free_port, make_series
 from tests.stowpeer import StowAnswer, StowRequest, stow_peer
@@ -78,7 +78,8 @@ def test_partial_failure_gives_per_instance_outcomes(tmp_path: Path) -> None:
 
 def test_only_permanent_refusals_are_not_retryable(tmp_path: Path) -> None:
     files = make_series(tmp_path, 3)
-    with stow_peer(lambda r: StowAnswer.store_response(r, failed={files[0].sop_instance_uid: 0xC000})) as peer:
+    refused = {files[0].sop_instance_uid: 0xC000}
+    with stow_peer(lambda r: StowAnswer.store_response(r, failed=refused)) as peer:
         outcome, acknowledged = send(destination(peer.url), files)
     assert len(acknowledged) == 2
     assert not outcome.ok and not outcome.retryable
@@ -130,7 +131,7 @@ def test_request_level_failures_stop_the_attempt(
     assert len(peer.requests) == 1  # the second batch is not attempted
     assert outcome.retryable is retryable
     assert outcome.error is not None and expected in outcome.error, outcome.error
-    assert "0 of 4 instances sent, 2 not attempted" in outcome.error
+    assert "0 of 4 instances sent, 2 not attempted or unanswered" in outcome.error
     assert set(outcome.failed) == {files[0].instance_id, files[1].instance_id}
 
 
@@ -184,7 +185,8 @@ def test_bearer_token_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
         ({"kind": "bearer", "token_env": "NODE_TEST_NO_SUCH_VAR"},
          "destination 'web': auth.token_env: environment variable NODE_TEST_NO_SUCH_VAR is not set"),
         ({"kind": "basic", "username": "u", "password_file": "/nonexistent/pw"},
-         "destination 'web': auth.password_file '/nonexistent/pw' cannot be read (No such file or directory)"),
+         "destination 'web': auth.password_file '/nonexistent/pw' cannot be read "
+         "(No such file or directory)"),
     ],
 )
 def test_a_missing_secret_is_a_precise_permanent_error(
@@ -210,11 +212,9 @@ def test_the_secret_never_shows_even_when_the_peer_echoes_it(
         return StowAnswer(401, f"bad credentials {header} ({decoded})".encode(), "text/plain")
 
     caplog.set_level(logging.DEBUG)
+    auth = {"kind": "basic", "username": "node", "password_env": "STOW_PASSWORD"}
     with stow_peer(echo) as peer:
-        outcome, _ = send(
-            destination(peer.url, auth={"kind": "basic", "username": "node", "password_env": "STOW_PASSWORD"}),
-            files,
-        )
+        outcome, _ = send(destination(peer.url, auth=auth), files)
     encoded = base64.b64encode(f"node:{SECRET}".encode()).decode()
     assert not outcome.retryable and outcome.error is not None
     assert "HTTP 401 Unauthorized: bad credentials Basic *** (node:***)" in outcome.error

@@ -28,9 +28,10 @@ class StowRequest:
     number: int  # 1, 2, ... in arrival order
     path: str
     headers: dict[str, str]
-    parts: list[bytes]
+    parts: list[bytes]  # empty when the peer discards bodies
     sop_instance_uids: list[str]
     sop_class_uids: list[str]
+    body_bytes: int = 0
 
 
 @dataclass
@@ -50,10 +51,23 @@ class StowAnswer:
     ) -> StowAnswer:
         """A Store Instances Response for `request`: the UIDs in `failed` (-> FailureReason) in
         FailedSOPSequence, the others (less `omit`) in ReferencedSOPSequence, with `warnings`."""
+        return StowAnswer.store_response_for(
+            request.sop_instance_uids, request.sop_class_uids, failed, warnings, omit, status
+        )
+
+    @staticmethod
+    def store_response_for(
+        sop_instance_uids: list[str],
+        sop_class_uids: list[str],
+        failed: Mapping[str, int] | None = None,
+        warnings: Mapping[str, int] | None = None,
+        omit: frozenset[str] = frozenset(),
+        status: int | None = None,
+    ) -> StowAnswer:
         failed = failed or {}
         warnings = warnings or {}
         referenced, failures = [], []
-        for uid, sop_class in zip(request.sop_instance_uids, request.sop_class_uids, strict=True):
+        for uid, sop_class in zip(sop_instance_uids, sop_class_uids, strict=True):
             item: dict[str, object] = {
                 "00081150": {"vr": "UI", "Value": [sop_class]},
                 "00081155": {"vr": "UI", "Value": [uid]},
@@ -106,8 +120,10 @@ def stow_peer(
     answer: Callable[[StowRequest], StowAnswer] | None = None,
     *,
     certificate: tuple[Path, Path] | None = None,
+    discard_bodies: bool = False,
 ) -> Iterator[StowPeer]:
-    """A STOW-RS server on a free loopback port, http, or https with `certificate` = (cert, key) PEM."""
+    """A STOW-RS server on a free loopback port, http, or https with `certificate` = (cert, key) PEM.
+    discard_bodies: read each body in small pieces and keep only its length (for memory tests)."""
     released = threading.Event()
     peer_box: list[StowPeer] = []
 
@@ -120,8 +136,13 @@ def stow_peer(
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             peer = peer_box[0]
             length = int(self.headers.get("Content-Length", "0"))
-            body = self.rfile.read(length)
-            parts = _parts(body, self.headers.get("Content-Type", ""))
+            if discard_bodies:
+                left = length
+                while left:
+                    left -= len(self.rfile.read(min(left, 1 << 16)))
+                parts = []
+            else:
+                parts = _parts(self.rfile.read(length), self.headers.get("Content-Type", ""))
             datasets = [dcmread(BytesIO(p), stop_before_pixels=True) for p in parts]
             with peer.lock:
                 request = StowRequest(
@@ -131,6 +152,7 @@ def stow_peer(
                     parts=parts,
                     sop_instance_uids=[str(ds.SOPInstanceUID) for ds in datasets],
                     sop_class_uids=[str(ds.SOPClassUID) for ds in datasets],
+                    body_bytes=length,
                 )
                 peer.requests.append(request)
             reply = answer(request) if answer else StowAnswer.store_response(request)

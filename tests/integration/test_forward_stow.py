@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ def test_batches_carry_the_files_byte_for_byte(tmp_path: Path) -> None:
     assert first.headers["Content-Type"].startswith('multipart/related; type="application/dicom"; boundary=')
     assert first.headers["Accept"] == "application/dicom+json"
     assert "Authorization" not in first.headers
+    # Sent with its length known up front, not chunked (some servers refuse chunked uploads).
+    assert "Transfer-Encoding" not in first.headers
+    assert int(first.headers["Content-Length"]) == first.body_bytes > sum(len(p) for p in first.parts)
     sent_parts = [part for r in peer.requests for part in r.parts]
     assert sent_parts == [f.path.read_bytes() for f in files]
 
@@ -51,6 +55,24 @@ def test_multipart_body_length_matches_what_it_yields(tmp_path: Path) -> None:
     files = make_series(tmp_path, 3, size=64)
     body = MultipartBody([f.path for f in files], "b0undary")
     assert len(body) == len(b"".join(body))
+
+
+def test_the_body_is_streamed_from_disk_not_built_in_memory(tmp_path: Path) -> None:
+    files = make_series(tmp_path, 6, size=1024)  # 2 MB each, 12 MB in one request
+    total = sum(f.path.stat().st_size for f in files)
+    uids = [f.sop_instance_uid for f in files]
+    classes = [f.sop_class_uid for f in files]
+    with stow_peer(lambda r: StowAnswer.store_response_for(uids, classes), discard_bodies=True) as peer:
+        tracemalloc.start()
+        try:
+            outcome, acknowledged = send(destination(peer.url, batch_size=6), files)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert outcome.ok, outcome.error
+    assert len(acknowledged) == 6 and peer.requests[0].body_bytes > total
+    # The sender holds a chunk (1 MiB) or two at a time, not the 12 MB body.
+    assert peak < total / 3, f"peak {peak} bytes for a {total}-byte body"
 
 
 def test_partial_failure_gives_per_instance_outcomes(tmp_path: Path) -> None:

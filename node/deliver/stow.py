@@ -283,7 +283,9 @@ class StowSender:
         outcome: SendOutcome,
         auth: ResolvedAuth,
     ) -> _BatchProblem | None:
-        verify: bool | str = str(destination.ca_bundle) if destination.ca_bundle else destination.verify_tls
+        verify: bool | str = destination.verify_tls
+        if destination.verify_tls and destination.ca_bundle is not None:
+            verify = str(destination.ca_bundle)
         with requests.Session() as session:
             session.trust_env = False  # no proxies or .netrc credentials picked up behind our back
             for start in range(0, len(files), destination.batch_size):

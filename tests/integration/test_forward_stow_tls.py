@@ -80,7 +80,10 @@ def test_verify_tls_false_works_and_warns_once(
     files = make_series(tmp_path, 2)
     caplog.set_level(logging.WARNING, logger="node.deliver.stow")
     with stow_peer(certificate=(pki["cert"], pki["key"])) as peer:
-        destination = dest(peer.url, verify_tls=False).model_copy(update={"name": "insecure-once"})
+        # verify_tls: false wins over a ca_bundle that would refuse the certificate.
+        destination = dest(peer.url, verify_tls=False, ca_bundle=str(pki["other_ca"])).model_copy(
+            update={"name": "insecure-once"}
+        )
         for _ in range(3):
             outcome = StowSender().send(destination, files, lambda f, s: None)
             assert outcome.ok, outcome.error

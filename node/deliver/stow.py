@@ -184,7 +184,7 @@ class StowSender:
         assert isinstance(destination, DicomwebDestination), destination.kind
         started = time.monotonic()
         outcome = SendOutcome()
-        where = f"destination {destination.name!r} ({destination.url})"
+        where = f"destination {destination.name!r} ({_without_userinfo(destination.url)})"
         try:
             if files:
                 self._send_all(destination, files, on_sent, outcome, where)
@@ -255,7 +255,7 @@ class StowSender:
 
     @staticmethod
     def _check_settings(destination: DicomwebDestination) -> _BatchProblem | None:
-        if "@" in destination.url.split("//", 1)[1].split("/", 1)[0]:
+        if _without_userinfo(destination.url) != destination.url:
             # Credentials in the URL would end up in logs and exceptions: they belong in auth.
             return _BatchProblem("url: credentials in the URL are refused, use auth:", retryable=False)
         if destination.ca_bundle is not None and not destination.ca_bundle.is_file():
@@ -269,7 +269,7 @@ class StowSender:
                 logger.warning(
                     "destination %r (%s): TLS certificate verification is OFF (verify_tls: false)",
                     destination.name,
-                    destination.url,
+                    _without_userinfo(destination.url),
                 )
                 # Our warning above replaces urllib3's, which would repeat at every request.
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -403,6 +403,13 @@ def _describe_failures(files: Sequence[InstanceFile], outcome: SendOutcome, firs
         f"{len(outcome.failed)} of {len(files)} instances failed, first: SOP Instance "
         f"{by_id[first_id].sop_instance_uid}: {outcome.failed[first_id]}"
     )
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL without a `user:password@` part (the url setting must not carry one; never show it)."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -252,3 +252,19 @@ def test_store_response_parsing_rejects_malformed_items() -> None:
         '[{"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2"]}}]}}]'
     )
     assert parsed.failed == {"1.2": 0xC000}  # a failure without its reason is a permanent one
+
+
+def test_credentials_in_the_url_are_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no user or password in the url: use auth"):
+        destination(f"https://node:{SECRET}@pacs/dicom-web")
+
+
+def test_credentials_in_the_url_of_an_old_plan_are_refused_without_showing_them(tmp_path: Path) -> None:
+    files = make_series(tmp_path, 1)
+    with stow_peer() as peer:
+        url = peer.url.replace("://", f"://node:{SECRET}@")
+        # A plan frozen before the check existed, say: built without validation.
+        outcome, acknowledged = send(destination(peer.url).model_copy(update={"url": url}), files)
+    assert peer.requests == [] and acknowledged == [] and not outcome.retryable
+    assert outcome.error is not None and "credentials in the URL are refused, use auth:" in outcome.error
+    assert SECRET not in outcome.error and f"({peer.url})" in outcome.error

@@ -89,3 +89,27 @@ def test_report_follows_the_series_and_a_refused_report_is_retried(tmp_path: Pat
     path = tmp_path / "received-sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     check_sr(path)
+
+
+def test_a_peer_without_sr_support_dead_letters_the_delivery_and_says_why(
+    tmp_path: Path, package: Path
+) -> None:
+    study, series_uid = generate_uid(), generate_uid()
+    volume = [ct_with_geometry(series_uid, study, n) for n in range(1, 9)]
+    with in_process_scp(sop_classes=(CTImageStorage,)) as scp:  # no SR storage context
+        settings = make_settings(
+            tmp_path,
+            rules_path=str(rules_file(tmp_path / "rules.yaml", scp.port)),
+            classify={"enabled": True, "model_dir": str(package), "device": "cpu"},
+        )
+        with running_node(settings) as node:
+            assert store(node.port, volume) == [0] * 8
+            wait_for(lambda: events(node, "delivery.dead_letter"), timeout=60, what="a dead letter")
+            [report] = events(node, "delivery.report")
+            [dead] = events(node, "delivery.dead_letter")
+            assert events(node, "delivery.done") == []
+    # The instances were delivered (once); the SR could not be, and both audit rows say so.
+    assert sorted(scp.uids()) == sorted(str(ds.SOPInstanceUID) for ds in volume)
+    assert report.details["outcome"] == "failed" and report.details["retryable"] is False
+    assert "Enhanced SR" in report.message
+    assert "structured report" in dead.message and "not retryable" in dead.message

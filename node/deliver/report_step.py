@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 # Instance ids are positive (database keys): this one is never a row, and never recorded as sent.
 REPORT_INSTANCE_ID = -1
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
 def wants_report(plan: DeliveryPlan) -> bool:
@@ -82,6 +80,9 @@ class ReportStep:
             try:
                 report = self._build(rows, plan)
             except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError) as exc:
+                # Not a network problem: the header or the results cannot make an SR. The delivery fails
+                # with the reason (dead letter, `deliveries retry` once fixed); the traceback is logged.
+                logger.exception("series %s: structured report not built", series.series_uid)
                 error = f"structured report for series {series.series_uid} could not be built: {exc}"
                 return self._failed(session, where, details, error, retryable=False)
             if isinstance(report, ReportSkipped):
@@ -98,9 +99,9 @@ class ReportStep:
             item = InstanceFile(
                 instance_id=REPORT_INSTANCE_ID,
                 path=path,
-                sop_class_uid=ENHANCED_SR,
+                sop_class_uid=str(report.SOPClassUID),
                 sop_instance_uid=uids.sop_instance_uid,
-                transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
+                transfer_syntax_uid=str(report.file_meta.TransferSyntaxUID),
             )
             acknowledged: list[int] = []
             outcome = sender.send(plan.destination, [item], lambda f, status: acknowledged.append(status))
@@ -151,7 +152,6 @@ class ReportStep:
             error,
             {**details, "outcome": "failed", "error": error, "retryable": retryable},
         )
-        logger.error("%s", error)
         return SendOutcome(error=error, retryable=retryable)
 
     @staticmethod

@@ -12,7 +12,8 @@ import yaml
 from pydicom.uid import CTImageStorage, EnhancedSRStorage, generate_uid
 from sqlalchemy import select
 
-from node.db.models import SentInstance
+from node.app import NodeService
+from node.db.models import Instance, SentInstance
 from node.report import report_uids
 from tests.classifyutil import tiny_package
 from tests.integration.test_classify_node import ct_with_geometry
@@ -113,3 +114,38 @@ def test_a_peer_without_sr_support_dead_letters_the_delivery_and_says_why(
     assert report.details["outcome"] == "failed" and report.details["retryable"] is False
     assert "Enhanced SR" in report.message
     assert "structured report" in dead.message and "not retryable" in dead.message
+
+
+def test_a_report_that_cannot_be_built_fails_the_delivery_with_the_reason(
+    tmp_path: Path, package: Path
+) -> None:
+    """The spooled header the SR copies patient and study from disappears (retention racing the
+    delivery) while the last instance is being sent: the SR step fails, not retryable, and says why."""
+    study, series_uid = generate_uid(), generate_uid()
+    volume = [ct_with_geometry(series_uid, study, n) for n in range(1, 9)]
+    last = str(volume[-1].SOPInstanceUID)
+    nodes: list[NodeService] = []
+
+    def before_answer(uid: str) -> None:
+        if uid == last:  # the instances are all spooled and being delivered: remove the first one's file
+            with nodes[0].sessions() as session:
+                first = session.scalars(select(Instance).order_by(Instance.instance_number)).first()
+                assert first is not None
+                nodes[0].spool.absolute(first.path).unlink()
+
+    with in_process_scp(sop_classes=(CTImageStorage, EnhancedSRStorage), before_answer=before_answer) as scp:
+        settings = make_settings(
+            tmp_path,
+            rules_path=str(rules_file(tmp_path / "rules.yaml", scp.port)),
+            classify={"enabled": True, "model_dir": str(package), "device": "cpu"},
+        )
+        with running_node(settings) as node:
+            nodes.append(node)
+            assert store(node.port, volume) == [0] * 8
+            wait_for(lambda: events(node, "delivery.dead_letter"), timeout=60, what="a dead letter")
+            [report] = events(node, "delivery.report")
+            [dead] = events(node, "delivery.dead_letter")
+    assert sorted(scp.uids()) == sorted(str(ds.SOPInstanceUID) for ds in volume)  # no SR arrived
+    assert report.details["outcome"] == "failed" and report.details["retryable"] is False
+    assert "could not be built" in report.message and "No such file" in report.message
+    assert "could not be built" in dead.message

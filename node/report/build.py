@@ -17,8 +17,9 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import EnhancedSR
 from pydicom.dataset import Dataset
 
+from node import __version__
 from node.report.codes import PRIVATE_SCHEME, PRIVATE_SCHEME_NAME
-from node.report.content import measurement_report, software_versions
+from node.report.content import measurement_report
 from node.report.uids import ReportUids, report_uids
 
 SERIES_DESCRIPTION = "Node classification"
@@ -89,7 +90,7 @@ def build_report(
         is_verified=False,
         series_description=SERIES_DESCRIPTION,
         manufacturer_model_name=report_model_id(results)[:64],
-        software_versions=software_versions(),
+        software_versions=f"dicom-node {__version__}",
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME, responsible_organization="dicom-node"

@@ -32,7 +32,6 @@ from highdicom.sr import (
 )
 from pydicom.sr.codedict import codes
 
-from node import __version__
 from node.classify.labels import INTRAVENOUS_ROUTE_CODE, OBLIQUE_CODE, TASK_CODES, TASK_CONCEPTS, TASKS, Code
 from node.report import codes as rc
 from node.report.codes import concept
@@ -240,7 +239,3 @@ def _blood(blood: Mapping[str, Any]) -> list[Measurement]:
     out += _mm(rc.LENGTH, blood.get("length_mm"), site)
     out += _probability(blood.get("probability_yes"))
     return out
-
-
-def software_versions() -> str:
-    return f"dicom-node {__version__}"

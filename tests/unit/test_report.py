@@ -244,3 +244,17 @@ def test_standard_codes_match_the_dicom_tables() -> None:
     assert len(standard) >= 15
     assert [v for v in standard if (v.value, v.scheme) not in known] == []
     assert all(v.scheme in ("DCM", "SCT", "UCUM", rc.PRIVATE_SCHEME) for v in values)
+
+
+def test_disputed_low_confidence_and_oblique_answers_say_so(results, series, tmp_path: Path) -> None:
+    header, evidence = series
+    results["facts"]["disagreement.body_part"] = True
+    results["facts"]["prior.axis_oblique"] = True
+    results["final"]["body_part"]["low_confidence"] = True
+    ds = written(build_report(results, header, evidence, generation=1), tmp_path / "sr.dcm")
+    by_name = groups(ds)
+    body = by_name["body part: final answer"]
+    assert coded(body, key(rc.DISAGREEMENT)) == [key(rc.YES)]
+    assert coded(body, key(rc.LOW_CONFIDENCE)) == [key(rc.YES)]
+    plane = by_name["imaging plane: final answer"]
+    assert coded(plane, key(TASK_CONCEPTS["axis"])) == [("24422004", "SCT"), ("21114003", "SCT")]  # + Oblique

@@ -19,6 +19,7 @@ from node.audit import Events, Where
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
 from node.deliver.base import InstanceFile, Sender
 from node.deliver.plan import DeliveryPlan, PlanError
+from node.deliver.report_step import ReportStep, wants_report
 from node.receive.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Deliverer:
         self._spool = spool
         self._senders = senders
         self._retry = retry
+        self._reports = ReportStep(spool)
 
     def pending_files(self, session: Session, job: Job) -> list[InstanceFile]:
         sent = select(SentInstance.instance_id).where(SentInstance.job_id == job.id)
@@ -109,6 +111,11 @@ class Deliverer:
 
         outcome = sender.send(destination, files, on_sent) if files else None
         flush()
+        # Last step, once every instance is acknowledged: the Structured Report (node.deliver.report_step).
+        # A report that fails makes the attempt fail; the next attempt sends only the report again.
+        report_failure = None
+        if (outcome is None or outcome.ok) and wants_report(plan):
+            report_failure = self._reports.send(session, job, series, plan, sender)
         total_sent = session.scalar(
             select(func.count()).select_from(SentInstance).where(SentInstance.job_id == job.id)
         )
@@ -133,7 +140,7 @@ class Deliverer:
                 },
                 **common,
             )
-        if outcome is None or outcome.ok:
+        if (outcome is None or outcome.ok) and report_failure is None:
             jobs.finish(session, job)
             count = len(outcome.sent) if outcome else 0
             audit.record(
@@ -151,8 +158,10 @@ class Deliverer:
             session.commit()
             logger.info("series %s delivered to %s", series.series_uid, job.destination)
             return
-        error = outcome.error or "delivery failed"
-        retry = self._fail_attempt(session, job, error, outcome.retryable)
+        failed = report_failure if outcome is None or outcome.ok else outcome
+        assert failed is not None
+        error = failed.error or "delivery failed"
+        retry = self._fail_attempt(session, job, error, failed.retryable)
         if retry:
             audit.record(
                 session,
@@ -162,12 +171,12 @@ class Deliverer:
                 **common,
             )
         else:
-            reason = "not retryable" if not outcome.retryable else f"after {job.attempts} attempts"
+            reason = "not retryable" if not failed.retryable else f"after {job.attempts} attempts"
             audit.record(
                 session,
                 Events.DELIVERY_DEAD_LETTER,
                 f"dead letter ({reason}): {error}",
-                details={"attempt": job.attempts, "retryable": outcome.retryable},
+                details={"attempt": job.attempts, "retryable": failed.retryable},
                 **common,
             )
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)

@@ -122,6 +122,7 @@ class Deliverer:
         common = Where(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
         if outcome is not None:
             failures = dict(list(outcome.failed.items())[:AUDITED_FAILURES])
+            uids = {f.instance_id: f.sop_instance_uid for f in files}
             statuses = sorted({f"0x{s:04X}" for s in outcome.statuses.values()})
             audit.record(
                 session,
@@ -133,7 +134,8 @@ class Deliverer:
                     "sent": len(outcome.sent),
                     "failed": len(outcome.failed),
                     "statuses": statuses,
-                    "failures": {str(k): v for k, v in failures.items()},
+                    # Keyed by SOP Instance UID: what an operator can look up on both sides.
+                    "failures": {uids.get(k, str(k)): v for k, v in failures.items()},
                     "error": outcome.error,
                     "duration_seconds": round(outcome.duration_seconds, 3),
                     "associations": outcome.associations,

@@ -56,6 +56,7 @@ def test_partial_failure_retries_only_the_failed_then_dead_letters_the_refused(t
     first, second = attempts
     assert first.details["sent"] == 3 and first.details["failed"] == 3
     assert first.details["statuses"] == ["0x0000", "0xA700", "0xC000"]
+    assert sorted(first.details["failures"]) == sorted([*busy, refused])  # keyed by SOP Instance UID
     reasons = sorted(first.details["failures"].values())
     assert reasons == [
         "HTTP 202 Accepted, FailureReason 0xA700 (out of resources)",

@@ -266,3 +266,25 @@ def read_block(ds: Dataset) -> dict[str, Any]:
         if element.offset in block:
             out[element.keyword] = block[element.offset].value
     return out
+
+
+def dcmtk_dictionary() -> str:
+    """The block as a dcmtk data dictionary (deploy/dcmtk/dicom-node.dic): with it in DCMDICTPATH,
+    dcmdump prints our element names instead of "Unknown Tag & Data"."""
+    lines = [
+        f"# dcmtk data dictionary of the DICOM node's private block ({PRIVATE_CREATOR}); generated from",
+        "# node/writeback/private.py ELEMENTS (docs/private-dictionary.md). Use:",
+        "#   DCMDICTPATH=/usr/share/libdcmtk17/dicom.dic:/path/to/dicom-node.dic dcmdump FILE",
+    ]
+    for e in ELEMENTS:
+        tag = f'({PRIVATE_GROUP:04X},"{PRIVATE_CREATOR}",{e.offset:02X})'
+        lines.append(f"{tag}\t{e.vr}\t{e.keyword}\t{e.vm}\tPrivateTag")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_rows() -> list[str]:
+    """The table rows of docs/private-dictionary.md (tag with the block at 0x10, keyword, VR, VM, meaning)."""
+    return [
+        f"| ({PRIVATE_GROUP:04X},10{e.offset:02X}) | `{e.keyword}` | {e.vr} | {e.vm} | {e.meaning} |"
+        for e in ELEMENTS
+    ]

@@ -238,8 +238,9 @@ class Deliverer:
 
 
 def _with_copy_failures(outcome: SendOutcome | None, copies: PreparedCopies) -> SendOutcome | None:
-    """The attempt's outcome with the instances whose copy could not be made counted as failed (not
-    retryable: the same file gives the same error)."""
+    """The attempt's outcome with the instances whose copy could not be made counted as failed: not
+    retryable when a spooled file could not be read (it gives the same error every time), retryable when
+    only writing the copy failed (disk full)."""
     if not copies.failed:
         return outcome
     outcome = outcome if outcome is not None else SendOutcome()
@@ -247,5 +248,5 @@ def _with_copy_failures(outcome: SendOutcome | None, copies: PreparedCopies) -> 
     if outcome.error is None:
         first = next(iter(copies.failed.values()))
         outcome.error = f"{len(copies.failed)} write-back copies could not be made, e.g. {first}"
-        outcome.retryable = False
+        outcome.retryable = copies.report.transient_failure
     return outcome

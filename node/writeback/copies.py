@@ -63,6 +63,9 @@ class WriteBackReport:
     replaced_values: Counter[str] = field(default_factory=Counter)
     derived_series_uid: str | None = None
     failures: dict[int, str] = field(default_factory=dict)
+    # True when a copy could not be written (disk full ...): a later attempt may succeed. A spooled file
+    # that cannot be read or parsed fails the same way every time.
+    transient_failure: bool = False
 
     def message(self) -> str:
         a = self.answer
@@ -106,6 +109,7 @@ class WriteBackReport:
             "private_group": f"0x{private.PRIVATE_GROUP:04X}",
             "derived_series_uid": self.derived_series_uid,
             "failed": len(self.failures),
+            "transient_failure": self.transient_failure,
             "failures": {str(k): v for k, v in list(self.failures.items())[:AUDITED_FAILURES]},
         }
 
@@ -154,6 +158,10 @@ def prepare_copies(
         for f in files:
             try:
                 prepared.files.append(_copy(f, folder, settings, answer, block_for, report))
+            except _WriteFailed as exc:
+                report.failures[f.instance_id] = f"cannot write the write-back copy of {f.path.name}: {exc}"
+                report.transient_failure = True
+                logger.warning("delivery %d: %s", job_id, report.failures[f.instance_id])
             except (OSError, ValueError, InvalidDicomError) as exc:
                 report.failures[f.instance_id] = f"cannot make the write-back copy of {f.path.name}: {exc}"
                 logger.warning("delivery %d: %s", job_id, report.failures[f.instance_id])
@@ -161,6 +169,10 @@ def prepare_copies(
         prepared.cleanup()
         raise
     return prepared
+
+
+class _WriteFailed(Exception):
+    """Writing a copy into the outgoing folder failed (an OSError: space, permissions)."""
 
 
 def _copy(
@@ -184,7 +196,10 @@ def _copy(
         sop_instance_uid, report.derived_series_uid = derived.make_derived(ds, report.model)
     out = folder / f"{f.instance_id}.dcm"
     # The original's transfer syntax (file_meta) and encoding are kept: no transcoding here.
-    ds.save_as(out, enforce_file_format=True)
+    try:
+        ds.save_as(out, enforce_file_format=True)
+    except OSError as exc:
+        raise _WriteFailed(exc.strerror or str(exc)) from exc
     return InstanceFile(
         instance_id=f.instance_id,
         path=out,

@@ -221,3 +221,17 @@ def test_leftovers_are_removed_and_a_bad_file_is_named(tmp_path: Path) -> None:
     assert [c.instance_id for c in copies.files] == [originals[0].instance_id, originals[1].instance_id]
     assert list(copies.failed) == [77] and "broken.dcm" in copies.failed[77]
     assert copies.report.details()["failed"] == 1
+
+
+def test_a_copy_that_cannot_be_written_is_a_transient_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    originals = make_series(tmp_path / "spool", 1)
+
+    def disk_full(self: Dataset, *args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Dataset, "save_as", disk_full)
+    copies = prepare_copies(tmp_path, 9, originals, ATTRIBUTES, sample_results())
+    assert copies.files == [] and copies.report.transient_failure is True
+    assert "No space left on device" in copies.failed[originals[0].instance_id]

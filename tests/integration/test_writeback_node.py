@@ -3,12 +3,14 @@ Examined HEAD, removed here from every other instance) is classified (tiny rando
 delivered as annotated copies to dcmtk's storescp (destination setting: if_empty, doubtful answers
 included) and to Orthanc over DIMSE (a rule's `deliver:` override: overwrite, a derived copy). The
 received files carry Body Part Examined and the private block, pixel data as in the original, and the
-spooled originals are unchanged."""
+spooled originals are unchanged. And copies of real CT files (Explicit and Implicit VR) validate with
+dciodvfy as well as their originals."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,15 @@ from sqlalchemy import select
 
 from node.classify.labels import BODY_PART_TERMS
 from node.db.models import Instance
+from node.deliver.destinations import WriteBack
 from node.writeback import private
-from node.writeback.copies import OUTGOING_DIR
+from node.writeback.copies import OUTGOING_DIR, prepare_copies
 from node.writeback.derived import derived_series_uid
 from tests.classifyutil import tiny_package
 from tests.interop.e2e import events
 from tests.nodeutil import make_settings, running_node, store, wait_for
-from tests.peers import ct_files, run_orthanc, run_storescp
+from tests.peers import ct_files, instance_files, require_binary, run_orthanc, run_storescp
+from tests.writebackutil import sample_results
 
 SERIES = "qa_ge_head_tilt"
 
@@ -135,3 +139,27 @@ def test_annotated_copies_reach_storescp_and_orthanc(tmp_path: Path, package: Pa
         assert ds.ImageType[0] == "DERIVED"
         assert private.read_block(ds)["BodyPartLabel"] == label
     assert writebacks["orthanc"].details["derived_series_uid"] == expected_series
+
+
+@pytest.mark.parametrize("name", ["qa_ge_head_tilt", "cptacgbm_c3n01192_head"])  # Explicit / Implicit VR LE
+@pytest.mark.parametrize("derived_copy", [False, True], ids=["same-uids", "derived"])
+def test_real_ct_copies_validate_as_well_as_the_originals(
+    tmp_path: Path, name: str, derived_copy: bool
+) -> None:
+    """dciodvfy reports no error on a copy that it does not report on the original."""
+    dciodvfy = require_binary("dciodvfy")
+    private.register()
+    originals = instance_files(ct_files(name)[:2])
+    settings = WriteBack(mode="attributes", body_part="overwrite", derived_copy=derived_copy)
+    copies = prepare_copies(tmp_path, 1, originals, settings, sample_results())
+
+    def errors(path: Path) -> set[str]:
+        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+        return {line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
+
+    for original, made in zip(originals, copies.files, strict=True):
+        source, copy = dcmread(original.path), dcmread(made.path)
+        assert copy.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+        assert copy.PixelData == source.PixelData
+        assert copy.BodyPartExamined == "ABDOMEN" and private.read_block(copy)["ContrastLabel"] == "yes"
+        assert errors(made.path) <= errors(original.path)

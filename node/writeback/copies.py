@@ -45,11 +45,6 @@ def outgoing_folder(spool_root: Path, job_id: int) -> Path:
     return spool_root / OUTGOING_DIR / f"job-{job_id}"
 
 
-def model_of(results: Mapping[str, Any]) -> str:
-    """The model id@version the results come from (part of the derived UIDs)."""
-    return str(results.get("model") or (results.get("facts") or {}).get("classification.model") or "none")
-
-
 @dataclass
 class WriteBackReport:
     """What the write-back decided in one attempt: the `delivery.writeback` audit row (docs/audit.md)."""
@@ -144,7 +139,7 @@ def prepare_copies(
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     answer = bodypart.answer_for(results, settings)
-    model = model_of(results)
+    model = derived.model_of(results)
     report = WriteBackReport(settings=settings, answer=answer, model=model)
     prepared = PreparedCopies(folder=folder, files=[], report=report)
     blocks: dict[str, dict[str, Any]] = {}  # action -> the private block's values (the same per series)

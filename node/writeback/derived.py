@@ -11,14 +11,31 @@ Sequence with the original series, and a Derivation Description. The study stays
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from node.deliver.destinations import WriteBack
 from node.uids import hashed_uid
 
 SERIES_DESCRIPTION_SUFFIX = " (classified)"
 _DERIVATION = "Copy with the classification written back by the DICOM node (pixel data unchanged)"
 _LO = 64
+
+
+def model_of(results: Mapping[str, Any]) -> str:
+    """The model id@version the results come from (part of the derived UIDs)."""
+    return str(results.get("model") or (results.get("facts") or {}).get("classification.model") or "none")
+
+
+def derived_model(writeback: WriteBack, results: Mapping[str, Any] | None) -> str | None:
+    """The model the copies' UIDs are derived with when this destination gets derived copies, else None.
+    Whatever else goes to that destination (the Structured Report) references the derived UIDs."""
+    if writeback.mode != "attributes" or not writeback.derived_copy or results is None:
+        return None
+    return model_of(results)
 
 
 def derived_series_uid(series_uid: str, model: str) -> str:

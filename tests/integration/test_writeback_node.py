@@ -42,7 +42,8 @@ def rules(path: Path, storescp_port: int, orthanc_port: int) -> Path:
                 "ae_title": "STORESCP", "host": "127.0.0.1", "port": storescp_port,
                 "writeback": {"mode": "attributes", "body_part": "if_empty", "include_doubtful": True},
             },
-            "orthanc": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port},
+            "orthanc": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port,
+                        "structured_report": True},
         },
         "rules": [
             {"name": "annotated-to-pacs", "when": {"attribute": "Modality", "equals": "CT"},
@@ -88,10 +89,12 @@ def test_annotated_copies_reach_storescp_and_orthanc(tmp_path: Path, package: Pa
                 spooled = [(node.spool.absolute(r.path), r.sha256) for r in session.scalars(select(Instance))]
             leftovers = list((node.spool.root / OUTGOING_DIR).glob("*/*"))
         received = [dcmread(p) for p in scp.files()]
-        in_orthanc = [dcmread(io.BytesIO(b)) for b in orthanc.rest.files_by_sop_instance_uid().values()]
-        orthanc_tags = [
-            orthanc.rest.get_json(f"/instances/{i}/simplified-tags") for i in orthanc.rest.instances()
-        ]
+        everything = [dcmread(io.BytesIO(b)) for b in orthanc.rest.files_by_sop_instance_uid().values()]
+        rest = orthanc.rest
+        all_tags = [rest.get_json(f"/instances/{i}/simplified-tags") for i in rest.instances()]
+        orthanc_tags = [t for t in all_tags if t["Modality"] == "CT"]  # type: ignore[index]
+    in_orthanc = [ds for ds in everything if ds.Modality == "CT"]
+    reports = [ds for ds in everything if ds.Modality == "SR"]
 
     assert analysed is not None and analysed["classifiable"] is True
     label = analysed["final"]["body_part"]["label"]
@@ -139,6 +142,15 @@ def test_annotated_copies_reach_storescp_and_orthanc(tmp_path: Path, package: Pa
         assert ds.ImageType[0] == "DERIVED"
         assert private.read_block(ds)["BodyPartLabel"] == label
     assert writebacks["orthanc"].details["derived_series_uid"] == expected_series
+    # The SR sent after the derived copies references them (the UIDs Orthanc has), in the same study.
+    assert len(reports) == 1
+    evidence = reports[0].CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == in_orthanc[0].StudyInstanceUID
+    referenced_series = evidence.ReferencedSeriesSequence
+    assert [s.SeriesInstanceUID for s in referenced_series] == [expected_series]
+    assert sorted(r.ReferencedSOPInstanceUID for r in referenced_series[0].ReferencedSOPSequence) == sorted(
+        str(ds.SOPInstanceUID) for ds in in_orthanc
+    )
 
 
 @pytest.mark.parametrize("name", ["qa_ge_head_tilt", "cptacgbm_c3n01192_head"])  # Explicit / Implicit VR LE

@@ -1,9 +1,16 @@
-"""Classification results as a delivery plan freezes them (node.results), for the write-back tests."""
+"""Classification results as a delivery plan freezes them (node.results), and an analyser that gives
+them to a running node, for the write-back tests."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from pydicom.dataset import Dataset
+
+from node.analysis import AnalysisResult
 
 
 def sample_results(**final_body_part: Any) -> dict[str, Any]:
@@ -67,3 +74,14 @@ def not_classifiable() -> dict[str, Any]:
     results["not_classifiable"] = {"code": "single_slice", "reason": "one slice: no volume"}
     results["measurements"] = None
     return results
+
+
+class CannedAnalyser:
+    """An analyser that answers every series with the same results (no model, no volume)."""
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.results = results
+
+    def analyse(self, series_uid: str, header: Dataset, files: Sequence[Path]) -> AnalysisResult:
+        audit = {k: self.results[k] for k in ("final", "prior", "measurements", "disagreement", "model")}
+        return AnalysisResult(facts=dict(self.results["facts"]), audit=audit, summary=self.results["summary"])

@@ -10,33 +10,18 @@ Body Part Examined is not written, while the private block says why.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from node.analysis import AnalysisResult
 from node.db.models import Instance
 from node.writeback import private
 from node.writeback.copies import OUTGOING_DIR
 from tests.interop.e2e import events
 from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
 from tests.peers import in_process_scp
-from tests.writebackutil import disputed, sample_results
-
-
-class CannedAnalyser:
-    """Answers every series with the same (disputed) results."""
-
-    def __init__(self, results: dict[str, Any]) -> None:
-        self.results = results
-
-    def analyse(self, series_uid: str, header: Dataset, files: Sequence[Path]) -> AnalysisResult:
-        audit = {k: self.results[k] for k in ("final", "prior", "measurements", "disagreement", "model")}
-        return AnalysisResult(facts=dict(self.results["facts"]), audit=audit, summary=self.results["summary"])
+from tests.writebackutil import CannedAnalyser, disputed, sample_results
 
 
 def test_copies_are_cleaned_after_retries_and_dead_letter(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from node.errors import InvalidUIDError
@@ -23,3 +24,10 @@ def require_uid(field: str, value: object) -> str:
         raise InvalidUIDError(field, value)
     assert isinstance(value, str)
     return value
+
+
+def hashed_uid(*parts: str) -> str:
+    """A deterministic UID under the 2.25 root (PS3.5 B.2): the decimal of 128 bits of the SHA-256 of
+    `parts`, so that the same inputs always map to the same UID (at most 44 characters)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"

@@ -29,6 +29,7 @@ class Events:
     ROUTE_FAILED = "route.failed"
     DELIVERY_QUEUED = "delivery.queued"
     DELIVERY_ATTEMPT = "delivery.attempt"
+    DELIVERY_WRITEBACK = "delivery.writeback"
     DELIVERY_DONE = "delivery.done"
     DELIVERY_REPORT = "delivery.report"
     DELIVERY_RETRY = "delivery.retry"

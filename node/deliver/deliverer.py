@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 from node import audit, jobs
 from node.audit import Events, Where
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
-from node.deliver.base import InstanceFile, Sender
+from node.deliver.base import InstanceFile, Sender, SendOutcome
 from node.deliver.plan import DeliveryPlan, PlanError
 from node.deliver.report_step import ReportStep, wants_report
 from node.receive.spool import Spool
+from node.writeback import PreparedCopies, prepare_copies, wants_copies
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class Deliverer:
 
         # End the read transaction before the (long) send: no snapshot or lock is held across the network.
         session.commit()
+
+        # Write-back (docs/writeback.md): annotated copies are sent instead of the spooled files.
+        copies = self._prepare_copies(job, plan, files)
+        to_send = copies.files if copies is not None else files
         buffer: list[SentInstance] = []
 
         def flush() -> None:
@@ -109,8 +114,14 @@ class Deliverer:
             if len(buffer) >= SENT_FLUSH_EVERY:
                 flush()
 
-        outcome = sender.send(destination, files, on_sent) if files else None
+        try:
+            outcome = sender.send(destination, to_send, on_sent) if to_send else None
+        finally:
+            if copies is not None:
+                copies.cleanup()
         flush()
+        if copies is not None:
+            outcome = _with_copy_failures(outcome, copies)
         # Last step, once every instance is acknowledged: the Structured Report (node.deliver.report_step).
         # A report that fails makes the attempt fail; the next attempt sends only the report again.
         report_failure = None
@@ -120,6 +131,11 @@ class Deliverer:
             select(func.count()).select_from(SentInstance).where(SentInstance.job_id == job.id)
         )
         common = Where(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
+        if copies is not None:
+            decided = copies.report  # what the write-back did in this attempt
+            audit.record(
+                session, Events.DELIVERY_WRITEBACK, decided.message(), details=decided.details(), **common
+            )
         if outcome is not None:
             failures = dict(list(outcome.failed.items())[:AUDITED_FAILURES])
             uids = {f.instance_id: f.sop_instance_uid for f in files}
@@ -184,6 +200,15 @@ class Deliverer:
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)
         session.commit()
 
+    def _prepare_copies(
+        self, job: Job, plan: DeliveryPlan, files: list[InstanceFile]
+    ) -> PreparedCopies | None:
+        """The annotated copies of `files` when the plan asks for write-back, else None."""
+        writeback = plan.destination.writeback
+        if not files or plan.results is None or not wants_copies(writeback, plan.results):
+            return None
+        return prepare_copies(self._spool.root, job.id, files, writeback, plan.results)
+
     def _fail_attempt(self, session: Session, job: Job, error: str, retryable: bool) -> bool:
         """Record a failed attempt with the configured backoff; True if it will be retried."""
         return self._retry.fail(session, job, error, retryable)
@@ -212,3 +237,18 @@ class Deliverer:
             session, event, error, series_uid=series.series_uid, job_id=job.id, destination=job.destination
         )
         session.commit()
+
+
+def _with_copy_failures(outcome: SendOutcome | None, copies: PreparedCopies) -> SendOutcome | None:
+    """The attempt's outcome with the instances whose copy could not be made counted as failed: not
+    retryable when a spooled file could not be read (it gives the same error every time), retryable when
+    only writing the copy failed (disk full)."""
+    if not copies.failed:
+        return outcome
+    outcome = outcome if outcome is not None else SendOutcome()
+    outcome.failed.update(copies.failed)
+    if outcome.error is None:
+        first = next(iter(copies.failed.values()))
+        outcome.error = f"{len(copies.failed)} write-back copies could not be made, e.g. {first}"
+        outcome.retryable = copies.report.transient_failure
+    return outcome

@@ -34,6 +34,7 @@ from node.deliver.plan import DeliveryPlan
 from node.receive.spool import Spool
 from node.report import ReportSkipped, build_report
 from node.report.build import Evidence, uids_of
+from node.writeback.derived import derived_instance_uid, derived_model, derived_series_uid
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,10 @@ class ReportStep:
         None when it was sent or deliberately skipped; the failed outcome otherwise (the caller retries
         or dead-letters the delivery as for an instance)."""
         assert plan.results is not None
-        uids = uids_of(plan.results, series.series_uid, plan.generation)
+        # With derived copies the destination has the series under derived UIDs: the SR references those.
+        model = derived_model(plan.destination.writeback, plan.results)
+        source_series = derived_series_uid(series.series_uid, model) if model else series.series_uid
+        uids = uids_of(plan.results, source_series, plan.generation)
         where = Where(
             series_uid=series.series_uid,
             sop_instance_uid=uids.sop_instance_uid,
@@ -137,6 +141,13 @@ class ReportStep:
             return ReportSkipped("the series has no instances left")
         header = dcmread(self._spool.absolute(rows[0].path), stop_before_pixels=True)
         evidence = [Evidence(r.sop_class_uid, r.sop_instance_uid) for r in rows]
+        model = derived_model(plan.destination.writeback, plan.results)
+        if model is not None:
+            header.SOPInstanceUID = derived_instance_uid(str(header.SOPInstanceUID), model)
+            header.SeriesInstanceUID = derived_series_uid(str(header.SeriesInstanceUID), model)
+            evidence = [
+                Evidence(e.sop_class_uid, derived_instance_uid(e.sop_instance_uid, model)) for e in evidence
+            ]
         with warnings.catch_warnings():
             # highdicom warns about single-component person names, quoting the patient's name: not in logs.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\..*")

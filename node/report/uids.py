@@ -10,17 +10,17 @@ different set of instances.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+
+from node import uids
 
 # Bumped only if the meaning of the parts changes (it would change every SR UID).
 _SCHEME = "dicom-node-sr-v1"
 
 
 def hashed_uid(*parts: str) -> str:
-    """2.25.<decimal of 128 bits of SHA-256 over the parts>: at most 44 characters, no leading zero."""
-    digest = hashlib.sha256("\x1f".join((_SCHEME, *parts)).encode("utf-8")).digest()
-    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+    """node.uids.hashed_uid within the SR's scheme: the same parts always give the same UID."""
+    return uids.hashed_uid(_SCHEME, *parts)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
 DICOM_MEDIA_TYPE = "application/dicom"
+_MAX_PREAMBLE = 64 * 1024
 
 
 class BadRequestBody(ValueError):
@@ -118,6 +119,8 @@ class PartsWriter:
         self._file: IO[bytes] | None = None
         self._headers = _Headers()
         self._ended = False
+        self._first_boundary = b"--" + boundary
+        self._preamble: bytearray | None = bytearray()
         self._parser = MultipartParser(
             boundary,
             callbacks={
@@ -134,12 +137,23 @@ class PartsWriter:
         )
 
     def feed(self, chunk: bytes) -> None:
+        if self._preamble is not None:
+            # RFC 2046 allows text before the first boundary; python-multipart does not: skip it here.
+            self._preamble += chunk
+            start = self._preamble.find(self._first_boundary)
+            if start < 0:
+                if len(self._preamble) > _MAX_PREAMBLE:
+                    raise BadRequestBody(400, "malformed multipart body: no boundary in the first bytes")
+                return
+            chunk, self._preamble = bytes(self._preamble[start:]), None
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
             raise BadRequestBody(400, f"malformed multipart body: {exc}") from None
 
     def finish(self) -> list[Part]:
+        if self._preamble is not None:
+            raise BadRequestBody(400, "malformed multipart body: no boundary found")
         try:
             self._parser.finalize()
         except MultipartParseError as exc:

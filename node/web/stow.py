@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 OnStored = Callable[[str, object, bool], None]
 
 _STATUS_OUT_OF_RESOURCES = 0xA700
+# Parts of one request stored in parallel (per endpoint, shared by all requests).
+STORE_THREADS = 4
 _ACCEPTED = {str(uid) for uid in ACCEPTED_TRANSFER_SYNTAXES}
 
 
@@ -91,6 +94,7 @@ class StowEndpoint:
         self._auth = Authenticator(settings.auth)
         self._on_stored = on_stored
         self._sessions = sessions
+        self._workers = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="stow-store")
 
     async def store(self, request: Request) -> Response:
         client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
@@ -144,7 +148,16 @@ class StowEndpoint:
         return f"request body of {what} exceeds web.max_request_bytes {self._max_request}"
 
     def _store_parts(self, parts: list[Part], study: str | None, peer: str) -> list[InstanceOutcome]:
-        return [self._store_part(index, part, study, peer) for index, part in enumerate(parts, start=1)]
+        """Several parts at once: each waits mostly for its fsyncs and its commit, which overlap (the
+        receive path is safe for concurrent instances, as for concurrent associations)."""
+        if len(parts) == 1:
+            return [self._store_part(1, parts[0], study, peer)]
+        return list(
+            self._workers.map(
+                lambda numbered: self._store_part(numbered[0], numbered[1], study, peer),
+                enumerate(parts, start=1),
+            )
+        )
 
     def _store_part(self, index: int, part: Part, study: str | None, peer: str) -> InstanceOutcome:
         media = MediaType.parse(part.content_type)

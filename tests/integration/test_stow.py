@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -22,7 +23,8 @@ from node.audit import Events
 from node.db.models import AuditEvent, Series, SeriesState
 from node.web.auth import hash_password
 from node.web.stow_response import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_MISMATCH
-from tests.nodeutil import make_settings, running_node, synthetic_ct, wait_for
+from tests.interop.e2e import events
+from tests.nodeutil import make_settings, recording_sink, running_node, synthetic_ct, wait_for
 from tests.peers import ct_files, require_binary
 from tests.webutil import STOW_CONTENT_TYPE, multipart_body, part10, serve, stow_app
 
@@ -310,3 +312,41 @@ def test_without_auth_and_with_a_small_instance_limit(stow: Stow) -> None:
     assert len(rejected) == 1 and rejected[0].sop_instance_uid == str(big.SOPInstanceUID)
     stored = stow.audit_since(first, Events.INSTANCE_STORED)
     assert len(stored) == 1 and stored[0].peer is not None and stored[0].peer.startswith("http:127.0.0.1:")
+
+
+def test_a_stow_rs_series_is_routed_like_a_c_store_series(tmp_path: Path) -> None:
+    """Completed and forwarded by the rules; `series.calling_ae` is missing for HTTP (docs/dicomweb.md)."""
+    received: list[str] = []
+    sink, port = recording_sink(received)
+    rules = {
+        "version": 1,
+        "destinations": {"sink": {"kind": "dimse", "ae_title": "SINK", "host": "127.0.0.1", "port": port}},
+        "rules": [
+            {
+                "name": "http-ct",
+                "when": {
+                    "all": [
+                        {"attribute": "Modality", "equals": "CT"},
+                        {"attribute": "series.calling_ae", "exists": False},
+                    ]
+                },
+                "send_to": ["sink"],
+            }
+        ],
+        "fallback": {"discard": True},
+    }
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    settings = make_settings(tmp_path, rules_path=str(rules_path), web={"auth": {"kind": "none"}})
+    files = ct_files("kits00072_arterial_slab")
+    try:
+        with running_node(settings) as service, serve(stow_app(service)) as url:
+            client = DICOMwebClient(url=url)
+            client.set_http_retry_params(retry=False)
+            client.store_instances([dcmread(path) for path in files])
+            wait_for(lambda: len(received) == len(files), what="the series to be forwarded")
+            [decision] = events(service, Events.ROUTE_DECISION)
+            assert decision.details is not None and "http-ct" in json.dumps(decision.details)
+    finally:
+        sink.shutdown()
+    assert sorted(received) == sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)

@@ -20,6 +20,9 @@ from python_multipart.multipart import MultipartParser
 
 DICOM_MEDIA_TYPE = "application/dicom"
 _MAX_PREAMBLE = 64 * 1024
+# Parts of one request: each is a file in the staging folder, so a body of tiny parts must not make
+# millions of them. A whole CT study rarely has more than a few thousand instances.
+MAX_PARTS = 50_000
 
 
 class BadRequestBody(ValueError):
@@ -190,6 +193,8 @@ class PartsWriter:
         self._headers.value.clear()
 
     def _headers_finished(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            raise BadRequestBody(413, f"more than {MAX_PARTS} parts in one request: send them in several")
         fd, name = tempfile.mkstemp(dir=self._folder, prefix="stow-", suffix=".part")
         self._file = os.fdopen(fd, "wb")
         content_type = self._headers.found.get("content-type", DICOM_MEDIA_TYPE)

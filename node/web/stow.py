@@ -133,6 +133,9 @@ class StowEndpoint:
             outcomes = await run_in_threadpool(self._store_parts, parts, study, peer)
         except BadRequestBody as exc:
             return await self._refuse(request, exc.status, exc.reason, peer)
+        except OSError as exc:  # the staging folder is full or unwritable: nothing was stored
+            reason = f"cannot write the body to {self._staging}: {exc.strerror or exc}"
+            return await self._refuse(request, 503, reason, peer)
         finally:
             writer.discard()
         status = http_status(outcomes)

@@ -350,3 +350,30 @@ def test_a_stow_rs_series_is_routed_like_a_c_store_series(tmp_path: Path) -> Non
     finally:
         sink.shutdown()
     assert sorted(received) == sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
+
+
+def test_an_unwritable_staging_folder_is_503_and_the_node_goes_on(stow: Stow) -> None:
+    from types import SimpleNamespace
+
+    from starlette.applications import Starlette
+
+    from node.web.stow import stow_routes
+
+    service = stow.service
+    broken_spool = SimpleNamespace(tmp_dir=stow.tmp / "no-such-folder")
+    routes = stow_routes(
+        service.ingest,
+        broken_spool,  # type: ignore[arg-type]
+        service.settings.web,
+        on_stored=service.tracker.instance_stored,
+        sessions=service.sessions,
+        max_instance_bytes=service.settings.receive.max_instance_bytes,
+    )
+    first = stow.last_audit_id()
+    with serve(Starlette(routes=routes)) as url:
+        status, answer, _ = Stow(service, url, stow.tmp).curl(multipart_body([part10(synthetic_ct())]))
+    assert status == 503, answer
+    assert b"cannot write the body" in answer
+    [row] = stow.audit_since(first, Events.STOW_REJECTED)
+    assert row.details is not None and row.details["http_status"] == 503
+    _good_upload_still_works(stow)

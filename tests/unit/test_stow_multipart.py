@@ -88,3 +88,14 @@ def test_response_statuses_and_json() -> None:
     assert "00081196" not in stored
     warned_json = response_json([warned], "http://node:8080/", "1.9")["00081199"]["Value"][0]  # type: ignore[index]
     assert warned_json["00081196"] == {"vr": "US", "Value": [0xB000]}
+
+
+def test_too_many_parts_is_413(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("node.web.multipart.MAX_PARTS", 3)
+    writer = PartsWriter(b"B", tmp_path)
+    body = b"--B\r\nContent-Type: application/dicom\r\n\r\nx\r\n" * 4 + b"--B--\r\n"
+    with pytest.raises(BadRequestBody, match="more than 3 parts") as raised:
+        writer.feed(body)
+    assert raised.value.status == 413
+    writer.discard()
+    assert list(tmp_path.iterdir()) == []

@@ -32,12 +32,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--series", default="itkelastix_chest")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument(
-        "--poll-delay",
-        type=float,
-        default=0.0001,
-        help="node.pynetdicom_tuning poll delay as the node runs it (0: stock 1 ms loops)",
-    )
+    parser.add_argument("--poll-delay", type=float, default=0.0001,
+                        help="node.pynetdicom_tuning poll delay as the node runs it (0: stock 1 ms loops)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # DimseSender relies on install() (as NodeService.start does); a 0.01 s cap leaves the 1 ms sleeps.
@@ -56,11 +52,8 @@ def main() -> int:
         destination = DimseDestination(name="bench", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port)
         for _ in range(args.repeat):
             started = time.perf_counter()
-            subprocess.run(
-                [storescu, "-aec", scp.ae_title, "127.0.0.1", str(scp.port), *map(str, paths)],
-                check=True,
-                env={**os.environ, "TCP_NODELAY": "1"},
-            )
+            subprocess.run([storescu, "-aec", scp.ae_title, "127.0.0.1", str(scp.port), *map(str, paths)],
+                           check=True, env={**os.environ, "TCP_NODELAY": "1"})
             dcmtk_times.append(time.perf_counter() - started)
             for name, sender in senders.items():
                 started = time.perf_counter()

@@ -198,6 +198,27 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_web_hash_password(args: argparse.Namespace) -> int:
+    """Print the PBKDF2 hash for web.auth.users[].password_hash: the password from stdin (first line),
+    or asked twice on a terminal. It is never an argument (it would show in ps and the shell history)."""
+    from node.web.auth import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the running node reports healthy, 1 when not (or when it is not running)."""
     from node.health import HEALTH_FILE, read_health
@@ -334,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", parents=[common], help="is the running node healthy? (exit 0 / 1)")
     health.add_argument("--json", action="store_true")
     health.set_defaults(func=cmd_health)
+
+    web = sub.add_parser("web", help="HTTP side (STOW-RS) helpers").add_subparsers(
+        dest="web_command", required=True
+    )
+    web.add_parser(
+        "hash-password", help="print the PBKDF2 hash of a password (read from stdin) for web.auth.users"
+    ).set_defaults(func=cmd_web_hash_password)
 
     db = sub.add_parser("db", parents=[common], help="database maintenance").add_subparsers(
         dest="db_command", required=True

@@ -20,6 +20,7 @@ class Events:
     INSTANCE_DUPLICATE = "instance.duplicate"
     INSTANCE_REPLACED = "instance.replaced"
     INSTANCE_REJECTED = "instance.rejected"
+    STOW_REJECTED = "stow.rejected"
     SERIES_FOLLOW_UP = "series.follow_up"
     SERIES_COMPLETE = "series.complete"
     SERIES_ANALYSED = "series.analysed"

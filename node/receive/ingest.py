@@ -364,7 +364,8 @@ class Ingest:
                 return None
             return value if isinstance(value, str) and len(value) <= 64 else None
 
-        logger.warning("instance from %s rejected (0x%04X): %s", item.calling_ae, exc.status, exc.reason)
+        who = item.calling_ae or item.peer
+        logger.warning("instance from %s rejected (0x%04X): %s", who, exc.status, exc.reason)
         try:
             with self._sessions() as session, session.begin():
                 audit.record(

@@ -1,0 +1,1 @@
+"""The node's HTTP side: STOW-RS in (stow.py), health and metrics (server.py)."""

@@ -19,6 +19,7 @@ from node.audit import Events, Where
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
 from node.deliver.base import InstanceFile, Sender
 from node.deliver.plan import DeliveryPlan, PlanError
+from node.metrics import NodeMetrics
 from node.receive.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,14 @@ AUDITED_FAILURES = 20
 
 
 class Deliverer:
-    def __init__(self, spool: Spool, senders: Mapping[str, Sender], retry: jobs.RetryPolicy) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        senders: Mapping[str, Sender],
+        retry: jobs.RetryPolicy,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._spool = spool
         self._senders = senders
         self._retry = retry
@@ -149,6 +157,7 @@ class Deliverer:
                 **common,
             )
             session.commit()
+            self._metrics.record_delivery(job.destination, "done", outcome)
             logger.info("series %s delivered to %s", series.series_uid, job.destination)
             return
         error = outcome.error or "delivery failed"
@@ -172,6 +181,7 @@ class Deliverer:
             )
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)
         session.commit()
+        self._metrics.record_delivery(job.destination, "retry" if retry else "dead_letter", outcome)
 
     def _fail_attempt(self, session: Session, job: Job, error: str, retryable: bool) -> bool:
         """Record a failed attempt with the configured backoff; True if it will be retried."""
@@ -188,6 +198,7 @@ class Deliverer:
             destination=job.destination,
         )
         session.commit()
+        self._metrics.record_delivery(job.destination, "dead_letter", None)
         logger.error("delivery %d of %s: %s", job.id, series.series_uid, error)
 
     def on_crash(self, session: Session, job: Job, exc: BaseException) -> None:
@@ -201,3 +212,4 @@ class Deliverer:
             session, event, error, series_uid=series.series_uid, job_id=job.id, destination=job.destination
         )
         session.commit()
+        self._metrics.record_delivery(job.destination, "retry" if retry else "dead_letter", None)

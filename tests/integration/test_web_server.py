@@ -45,7 +45,7 @@ def slow_server(shutdown_timeout: float) -> Iterator[tuple[WebServer, threading.
 
 def start_curl(url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["curl", "-s", "--max-time", "120", "-w", "\n%{http_code}", url],
+        ["curl", "-s", "--noproxy", "*", "--max-time", "120", "-w", "\n%{http_code}", url],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
 
@@ -87,5 +87,6 @@ def test_forced_stop_does_not_wait_for_the_request_in_flight() -> None:
 
 
 def _refused(url: str) -> bool:
-    result = subprocess.run(["curl", "-s", "--max-time", "5", url], capture_output=True, timeout=30)
+    command = ["curl", "-s", "--noproxy", "*", "--max-time", "5", url]
+    result = subprocess.run(command, capture_output=True, timeout=30)
     return result.returncode == 7  # curl: failed to connect

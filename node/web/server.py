@@ -43,14 +43,14 @@ def bind(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
-        raise ListenError(host, port, exc.strerror or str(exc)) from None
+        raise ListenError(host, port, exc.strerror or str(exc), "web") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise ListenError(host, port, exc.strerror or str(exc)) from None
+        raise ListenError(host, port, exc.strerror or str(exc), "web") from None
     sock.set_inheritable(True)
     return sock
 
@@ -89,7 +89,7 @@ class WebServer:
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self._socket.close()
-                raise ListenError(self._settings.host, self.port, "the HTTP server did not start")
+                raise ListenError(self._settings.host, self.port, "the HTTP server did not start", "web")
             self._thread.join(0.01)  # uvicorn offers no event for "started"
         logger.info("web: listening on %s (health, metrics)", self.url)
         return self.port

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from node.analysis import AnalysisResult
 from node.app import NodeService
 from node.errors import ListenError
 from tests.interop.e2e import all_delivered, write_rules
@@ -149,3 +153,68 @@ def test_node_stops_cleanly_with_the_web_side_on(tmp_path: Path) -> None:
     assert node.web is not None and not any(t.name == "web" for t in threading.enumerate())
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens on the web port any more
+
+
+class _StubAnalyser:
+    """Answers as the classifier does (facts of node.results' shape), without a model."""
+
+    def analyse(self, series_uid: str, header: object, files: object) -> AnalysisResult:
+        facts = {
+            "classifiable": True,
+            "prediction.body_part": "Chest",
+            "prediction.body_part_source": "image",
+            "disagreement.body_part": True,
+            "prediction.axis": "axial",
+            "prediction.axis_source": "geometry",
+            "prediction.contrast": "no",
+            "prediction.contrast_source": "blood",
+        }
+        return AnalysisResult(facts=facts, audit={"analyser": "stub"}, summary="stub")
+
+
+def test_classification_results_and_disagreements_are_counted_per_series(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, web={"enabled": True})
+    with running_node(settings, analyser=_StubAnalyser()) as node:
+        url = base_url(node)
+        for _ in range(2):
+            series_uid = generate_uid()
+            assert store(node.port, [synthetic_ct(series_uid)]) == [0]
+        wait_for(
+            lambda: value(scrape(url), "dicom_node_classification_seconds_count") == 2,
+            what="two series analysed",
+        )
+        after = scrape(url)
+    results = "dicom_node_classification_results_total"
+    assert value(after, results, task="body_part", label="Chest", source="image") == 2
+    assert value(after, results, task="axis", label="axial", source="geometry") == 2
+    assert value(after, results, task="contrast", label="no", source="blood") == 2
+    assert value(after, "dicom_node_classification_disagreements_total", task="body_part") == 2
+    assert value(after, "dicom_node_classification_disagreements_total", task="axis") == 0
+
+
+def test_dicom_node_run_with_the_web_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "data_dir": str(tmp_path / "data"),
+                    "receive": {"host": "127.0.0.1", "port": 0},
+                    "classify": {"enabled": False},
+                    "web": {"host": "127.0.0.1", "port": port},
+                }
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "node", "run", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+        )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        f"change web.host / web.port in {config}, or set web.enabled: false"
+    ]

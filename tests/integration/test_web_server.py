@@ -1,5 +1,6 @@
 """node.web.server on its own: extra routes are mounted, a graceful stop lets a request in flight finish
-while refusing new connections, and a forced stop does not wait for it."""
+while refusing new connections, and a forced stop does not wait for it; the health routes answer 200 /
+503 as their probes say, and 503 `timeout` when a readiness check hangs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from node.config import WebSettings
+from node.web import health
+from node.web.health import health_routes
 from node.web.server import WebServer, build_app
 from tests.nodeutil import wait_for
 from tests.webutil import curl
@@ -90,3 +95,39 @@ def _refused(url: str) -> bool:
     command = ["curl", "-s", "--noproxy", "*", "--max-time", "5", url]
     result = subprocess.run(command, capture_output=True, timeout=30)
     return result.returncode == 7  # curl: failed to connect
+
+
+@contextmanager
+def probe_server(live: Any, ready: Any) -> Iterator[str]:
+    server = WebServer(WebSettings(host="127.0.0.1", port=0), build_app(health_routes(live, ready)))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.join(threading.Event())
+
+
+def test_health_answers_follow_the_probes() -> None:
+    with probe_server(lambda: (True, {"alive": True}), lambda: (True, {"ready": True})) as url:
+        assert curl(url + "/health/live") == (200, '{"alive":true}')
+        assert curl(url + "/health/ready") == (200, '{"ready":true}')
+    not_ready = {"ready": False, "not_ready": ["spool"]}
+    with probe_server(lambda: (False, {"alive": False}), lambda: (False, not_ready)) as url:
+        assert curl(url + "/health/live")[0] == 503
+        assert curl(url + "/health/ready") == (503, '{"ready":false,"not_ready":["spool"]}')
+
+
+def test_a_readiness_check_that_hangs_answers_503_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "READY_TIMEOUT_SECONDS", 0.2)
+    release = threading.Event()
+
+    def hangs() -> tuple[bool, dict[str, Any]]:
+        release.wait(30)
+        return True, {"ready": True}
+
+    try:
+        with probe_server(lambda: (True, {}), hangs) as url:
+            status, body = curl(url + "/health/ready")
+    finally:
+        release.set()
+    assert status == 503 and '"not_ready":["timeout"]' in body

@@ -33,6 +33,7 @@ from node.db.session import display_url, make_engine, make_session_factory, sqli
 from node.deliver.base import Sender
 from node.deliver.deliverer import Deliverer
 from node.deliver.dimse import DimseSender
+from node.deliver.stow import StowSender
 from node.errors import DatabaseError, ListenError
 from node.health import HEALTH_FILE, HealthMonitor
 from node.metrics import NodeMetrics
@@ -131,6 +132,7 @@ class NodeService:
             metrics=self.metrics,
         )
         senders: dict[str, Sender] = {"dimse": DimseSender(forward, self.settings.receive.ae_title)}
+        senders["dicomweb"] = StowSender()
         self.deliverer = Deliverer(
             self.spool,
             senders,

@@ -14,6 +14,7 @@ for a peer by polling a condition with a deadline, never by sleeping a fixed tim
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import functools
@@ -199,12 +200,17 @@ def run_storescp(
 
 @dataclass
 class OrthancRest:
-    """A small client for Orthanc's REST API (no authentication: the test config disables it)."""
+    """A small client for Orthanc's REST API (basic auth with `credentials` when run_orthanc got users)."""
 
     base_url: str
+    credentials: tuple[str, str] | None = None
 
     def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.base_url + path, timeout=30) as rsp:
+        request = urllib.request.Request(self.base_url + path)
+        if self.credentials is not None:
+            token = base64.b64encode(":".join(self.credentials).encode()).decode("ascii")
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=30) as rsp:
             return bytes(rsp.read())
 
     def get_json(self, path: str) -> object:
@@ -242,10 +248,13 @@ class Orthanc:
     work_dir: Path
     log: Path
     process: subprocess.Popen[bytes]
+    users: dict[str, str] | None = None
     rest: OrthancRest = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rest = OrthancRest(f"http://127.0.0.1:{self.http_port}")
+        # With users, the REST client logs in as the first of them.
+        credentials = next(iter(self.users.items())) if self.users else None
+        self.rest = OrthancRest(f"http://127.0.0.1:{self.http_port}", credentials)
 
     @property
     def dicomweb_root(self) -> str:
@@ -268,9 +277,11 @@ def run_orthanc(
     known_modalities: dict[str, tuple[str, str, int]] | None = None,
     always_allow_store: bool = True,
     dicomweb: bool = True,
+    users: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """Orthanc with its storage and SQLite index in work_dir. known_modalities: name -> (AE, host, port).
-    With always_allow_store False, only known modalities may store. Waits for GET /system."""
+    With always_allow_store False, only known modalities may store. users: user name -> password:
+    HTTP basic authentication on (REST and DICOMweb); off without. Waits for GET /system."""
     binary = require_binary("Orthanc")
     plugins: list[str] = []
     if dicomweb:
@@ -290,7 +301,8 @@ def run_orthanc(
         "DicomPort": dicom_port,
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": dict(users or {}),
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": always_allow_store,
         "DicomCheckModalityHost": False,
@@ -308,7 +320,7 @@ def run_orthanc(
         proc = subprocess.Popen([binary, str(config_path)], stdout=log_file, stderr=subprocess.STDOUT,
                                 cwd=work_dir, env={**os.environ, "TCP_NODELAY": "1"})
     orthanc = Orthanc(aet=aet, dicom_port=dicom_port, http_port=http_port, work_dir=work_dir, log=log,
-                      process=proc)
+                      process=proc, users=users)
 
     def ready() -> bool:
         try:

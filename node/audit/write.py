@@ -30,6 +30,7 @@ class Events:
     DELIVERY_QUEUED = "delivery.queued"
     DELIVERY_ATTEMPT = "delivery.attempt"
     DELIVERY_DONE = "delivery.done"
+    DELIVERY_REPORT = "delivery.report"
     DELIVERY_RETRY = "delivery.retry"
     DELIVERY_DEAD_LETTER = "delivery.dead_letter"
     DELIVERY_REPLANNED = "delivery.replanned"

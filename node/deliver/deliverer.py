@@ -19,6 +19,7 @@ from node.audit import Events, Where
 from node.db.models import Instance, Job, SentInstance, Series, utcnow
 from node.deliver.base import InstanceFile, Sender
 from node.deliver.plan import DeliveryPlan, PlanError
+from node.deliver.report_step import ReportStep, wants_report
 from node.metrics import NodeMetrics
 from node.receive.spool import Spool
 
@@ -42,6 +43,7 @@ class Deliverer:
         self._spool = spool
         self._senders = senders
         self._retry = retry
+        self._reports = ReportStep(spool)
 
     def pending_files(self, session: Session, job: Job) -> list[InstanceFile]:
         sent = select(SentInstance.instance_id).where(SentInstance.job_id == job.id)
@@ -117,12 +119,18 @@ class Deliverer:
 
         outcome = sender.send(destination, files, on_sent) if files else None
         flush()
+        # Last step, once every instance is acknowledged: the Structured Report (node.deliver.report_step).
+        # A report that fails makes the attempt fail; the next attempt sends only the report again.
+        report_failure = None
+        if (outcome is None or outcome.ok) and wants_report(plan):
+            report_failure = self._reports.send(session, job, series, plan, sender)
         total_sent = session.scalar(
             select(func.count()).select_from(SentInstance).where(SentInstance.job_id == job.id)
         )
         common = Where(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
         if outcome is not None:
             failures = dict(list(outcome.failed.items())[:AUDITED_FAILURES])
+            uids = {f.instance_id: f.sop_instance_uid for f in files}
             statuses = sorted({f"0x{s:04X}" for s in outcome.statuses.values()})
             audit.record(
                 session,
@@ -134,14 +142,15 @@ class Deliverer:
                     "sent": len(outcome.sent),
                     "failed": len(outcome.failed),
                     "statuses": statuses,
-                    "failures": {str(k): v for k, v in failures.items()},
+                    # Keyed by SOP Instance UID: what an operator can look up on both sides.
+                    "failures": {uids.get(k, str(k)): v for k, v in failures.items()},
                     "error": outcome.error,
                     "duration_seconds": round(outcome.duration_seconds, 3),
                     "associations": outcome.associations,
                 },
                 **common,
             )
-        if outcome is None or outcome.ok:
+        if (outcome is None or outcome.ok) and report_failure is None:
             jobs.finish(session, job)
             count = len(outcome.sent) if outcome else 0
             audit.record(
@@ -160,8 +169,10 @@ class Deliverer:
             self._metrics.record_delivery(job.destination, "done", outcome)
             logger.info("series %s delivered to %s", series.series_uid, job.destination)
             return
-        error = outcome.error or "delivery failed"
-        retry = self._fail_attempt(session, job, error, outcome.retryable)
+        failed = report_failure if outcome is None or outcome.ok else outcome
+        assert failed is not None
+        error = failed.error or "delivery failed"
+        retry = self._fail_attempt(session, job, error, failed.retryable)
         if retry:
             audit.record(
                 session,
@@ -171,12 +182,12 @@ class Deliverer:
                 **common,
             )
         else:
-            reason = "not retryable" if not outcome.retryable else f"after {job.attempts} attempts"
+            reason = "not retryable" if not failed.retryable else f"after {job.attempts} attempts"
             audit.record(
                 session,
                 Events.DELIVERY_DEAD_LETTER,
                 f"dead letter ({reason}): {error}",
-                details={"attempt": job.attempts, "retryable": outcome.retryable},
+                details={"attempt": job.attempts, "retryable": failed.retryable},
                 **common,
             )
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)

@@ -130,6 +130,14 @@ class DicomwebDestination(_DestinationBase):
     verify_tls: bool = True
     ca_bundle: Path | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        # A password in the URL would be shown wherever the destination is (plans, logs, audit).
+        if "@" in v.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("no user or password in the url: use auth (password_file, token_env ...)")
+        return v
+
     @property
     def address(self) -> str:
         return self.url

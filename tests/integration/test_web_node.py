@@ -218,3 +218,26 @@ def test_dicom_node_run_with_the_web_port_in_use_says_so_in_one_line(tmp_path: P
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
         f"change web.host / web.port in {config}, or set web.enabled: false"
     ]
+
+
+def test_retries_and_a_dead_letter_are_counted_and_the_queue_gauge_shows_it(tmp_path: Path) -> None:
+    with in_process_scp(status_for=lambda uid: 0xA700) as refusing:  # out of resources: retryable
+        rules = write_rules(
+            tmp_path / "rules.yaml",
+            {"full": {"ae_title": "TESTSCP", "host": "127.0.0.1", "port": refusing.port}},
+        )
+        settings = make_settings(tmp_path, rules_path=str(rules), web={"enabled": True})  # 3 attempts
+        with running_node(settings) as node:
+            url = base_url(node)
+            assert store(node.port, [synthetic_ct()]) == [0]
+            wait_for(
+                lambda: value(scrape(url), "dicom_node_jobs", kind="deliver", state="failed") == 1,
+                what="the delivery dead-lettered",
+            )
+            after = scrape(url)
+    assert value(after, "dicom_node_deliveries_total", destination="full", outcome="retry") == 2
+    assert value(after, "dicom_node_deliveries_total", destination="full", outcome="dead_letter") == 1
+    assert value(after, "dicom_node_deliveries_total", destination="full", outcome="done") == 0
+    assert value(after, "dicom_node_dead_letters_total", kind="deliver") == 1
+    assert value(after, "dicom_node_delivery_seconds_count", destination="full") == 3
+    assert value(after, "dicom_node_instances_sent_total", destination="full") == 0

@@ -16,7 +16,10 @@ def curl(url: str) -> tuple[int, str]:
     """(HTTP status, body) of a GET with the curl binary."""
     result = subprocess.run(
         ["curl", "-s", "-S", "--noproxy", "*", "--max-time", "30", "-w", "\n%{http_code}", url],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     body, _, status = result.stdout.rpartition("\n")
     return int(status), body

@@ -28,8 +28,14 @@ def health_routes(live: Probe, ready: Probe) -> list[BaseRoute]:
     async def ready_endpoint(request: Request) -> JSONResponse:
         with anyio.move_on_after(READY_TIMEOUT_SECONDS):
             return _answer(*await anyio.to_thread.run_sync(ready, abandon_on_cancel=True))
-        return _answer(False, {"ready": False, "not_ready": ["timeout"],
-                               "checks": {"timeout": {"ok": False, "detail": "the checks took too long"}}})
+        return _answer(
+            False,
+            {
+                "ready": False,
+                "not_ready": ["timeout"],
+                "checks": {"timeout": {"ok": False, "detail": "the checks took too long"}},
+            },
+        )
 
     return [
         Route("/health/live", live_endpoint, methods=["GET"]),

@@ -210,7 +210,10 @@ def test_dicom_node_run_with_the_web_port_in_use_says_so_in_one_line(tmp_path: P
         )
         done = subprocess.run(
             [sys.executable, "-m", "node", "run", "--config", str(config)],
-            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
         )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -51,7 +51,9 @@ def slow_server(shutdown_timeout: float) -> Iterator[tuple[WebServer, threading.
 def start_curl(url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["curl", "-s", "--noproxy", "*", "--max-time", "120", "-w", "\n%{http_code}", url],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 

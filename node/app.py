@@ -36,12 +36,19 @@ from node.deliver.dimse import DimseSender
 from node.deliver.stow import StowSender
 from node.errors import DatabaseError, ListenError
 from node.health import HEALTH_FILE, HealthMonitor
+from node.metrics import NodeMetrics
+from node.readiness import check_database, check_dicom, check_model, check_spool, check_workers, report
 from node.receive.ingest import Ingest
 from node.receive.scp import StorageSCP
 from node.receive.spool import Spool
 from node.routing import Router, reload_rules
 from node.rules import RulesHolder
 from node.tracker import CompletionTracker
+from node.web.auth import auth_warnings
+from node.web.health import health_routes
+from node.web.metrics import metrics_routes
+from node.web.server import WebServer, build_app
+from node.web.stow import stow_routes
 from node.workers import JobWorker
 
 logger = logging.getLogger(__name__)
@@ -100,10 +107,18 @@ class NodeService:
         # Set by a second SIGTERM/SIGINT: stop without waiting for the drain.
         self.force_stop = threading.Event()
         self.stopped = threading.Event()
+        self._stopping = False
+        # Prometheus metrics of this node only (its own registry): GET /metrics, docs/metrics.md.
+        self.metrics = NodeMetrics()
+        self.metrics.watch_queue(self.sessions)
         self.wake_router = threading.Event()
         self.wake_delivery = threading.Event()
-        self.tracker = CompletionTracker(self.sessions, self.settings.completion, self.wake_router.set)
-        self.ingest = Ingest(self.sessions, self.spool, self.settings.receive, self.settings.completion)
+        self.tracker = CompletionTracker(
+            self.sessions, self.settings.completion, self.wake_router.set, metrics=self.metrics
+        )
+        self.ingest = Ingest(
+            self.sessions, self.spool, self.settings.receive, self.settings.completion, metrics=self.metrics
+        )
         route, forward = self.settings.route, self.settings.forward
         self.router = Router(
             self.spool,
@@ -116,6 +131,7 @@ class NodeService:
                 route.backoff_factor,
                 route.backoff_max_seconds,
             ),
+            metrics=self.metrics,
         )
         senders: dict[str, Sender] = {"dimse": DimseSender(forward, self.settings.receive.ae_title)}
         senders["dicomweb"] = StowSender()
@@ -128,11 +144,17 @@ class NodeService:
                 forward.backoff_factor,
                 forward.backoff_max_seconds,
             ),
+            metrics=self.metrics,
         )
-        self.scp = StorageSCP(self.settings.receive, self.ingest, self.sessions, self.tracker.instance_stored)
+        self.scp = StorageSCP(
+            self.settings.receive, self.ingest, self.sessions, self.tracker.instance_stored, self.metrics
+        )
+        self.metrics.watch_associations(self.scp.active_associations)
         self.workers: list[JobWorker] = []
         self.health: HealthMonitor | None = None
         self.port: int | None = None
+        self.web: WebServer | None = None
+        self.web_port: int | None = None
         self._retention_timer: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -190,6 +212,9 @@ class NodeService:
             self.port = self.scp.start()
         except OSError as exc:
             raise ListenError(receive.host, receive.port, exc.strerror or str(exc)) from None
+        if self.settings.web.enabled:
+            self.web = self._build_web()
+            self.web_port = self.web.start()  # raises ListenError when the port is in use
         (self.settings.data_dir / "node.pid").write_text(str(os.getpid()))
         return self.port
 
@@ -197,6 +222,43 @@ class NodeService:
         self, name: str, kinds: list[str], handler: Any, on_crash: Any, wakeup: threading.Event
     ) -> JobWorker:
         return JobWorker(name, kinds, self.sessions, handler, on_crash, wakeup, self.stop_event)
+
+    # -- the HTTP side ---------------------------------------------------------------------------
+
+    def _build_web(self) -> WebServer:
+        routes = [*health_routes(self.liveness, self.readiness), *metrics_routes(self.metrics)]
+        # STOW-RS in: built at start, so that unusable auth settings stop the node (ConfigError).
+        extra = stow_routes(
+            self.ingest,
+            self.spool,
+            self.settings.web,
+            on_stored=self.tracker.instance_stored,
+            sessions=self.sessions,
+            max_instance_bytes=self.settings.receive.max_instance_bytes,
+        )
+        for warning in auth_warnings(self.settings.web):
+            logger.warning("web: %s", warning)
+        return WebServer(self.settings.web, build_app(routes, extra))
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """GET /health/live: the process and its loops turn (node.health.HealthMonitor.liveness)."""
+        problems = self.health.liveness() if self.health is not None else None
+        workers = self.health.last.workers if self.health is not None and self.health.last else []
+        if problems is None:
+            problems = ["the health monitor has not reported yet"]
+        return not problems, {"alive": not problems, "problems": problems, "workers": workers}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """GET /health/ready: database, spool, model, DICOM listener and workers (node.readiness)."""
+        return report(
+            {
+                "database": check_database(self._ping_database),
+                "spool": check_spool(self.spool.tmp_dir, self.settings.health.spool_min_free_bytes),
+                "model": check_model(self.settings.classify.enabled, self.analyser),
+                "dicom": check_dicom(self.port, self._stopping),
+                "workers": check_workers(self.health.liveness() if self.health is not None else None),
+            }
+        )
 
     def _ping_database(self) -> None:
         with self.sessions() as session:
@@ -241,7 +303,12 @@ class NodeService:
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         logger.info("stopping: refusing new associations, draining those in progress")
+        self._stopping = True
+        if self.web is not None:
+            self.web.request_stop()  # no new HTTP requests; those in flight finish while the SCP drains
         self.scp.stop(drain_seconds, self.force_stop)
+        if self.web is not None:
+            self.web.join(self.force_stop)
         self.tracker.shutdown()
         self.stop_event.set()
         self.wake_router.set()

@@ -80,8 +80,11 @@ def _with_database(args: argparse.Namespace, work: Callable[[Session], int]) -> 
     return code
 
 
-def _listen_setting(args: argparse.Namespace) -> str:
+def _listen_setting(args: argparse.Namespace, section: str = "receive") -> str:
     """Where the address that could not be opened came from, for the one-line error."""
+    if section == "web":
+        where = f" in {_config_path(args)}" if _config_path(args) is not None else " (default 8080)"
+        return f"web.host / web.port{where}, or set web.enabled: false"
     if getattr(args, "port", None) is not None:
         return "--port"
     config = _config_path(args)
@@ -100,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         service.run_until_signalled()
     except ListenError as exc:
-        print(f"error: {exc}; change {_listen_setting(args)}", file=sys.stderr)
+        print(f"error: {exc}; change {_listen_setting(args, exc.section)}", file=sys.stderr)
         return 2
     return 0
 

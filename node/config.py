@@ -120,6 +120,8 @@ class HealthSettings(_Strict):
     stuck_job_seconds: float = Field(3600.0, gt=0)
     # A worker whose loop has not turned for this long while idle is "stuck" too.
     stalled_loop_seconds: float = Field(120.0, gt=0)
+    # GET /health/ready says "not ready" when the spool's disk has less than this free.
+    spool_min_free_bytes: int = Field(1024**3, ge=0)
 
 
 class WebUser(_Strict):

@@ -64,10 +64,12 @@ class DatabaseError(NodeError):
 
 
 class ListenError(NodeError):
-    """The DICOM port cannot be opened (in use, not permitted, no such address)."""
+    """The DICOM port (section "receive") or the HTTP port ("web") cannot be opened (in use, not
+    permitted, no such address)."""
 
-    def __init__(self, host: str, port: int, reason: str) -> None:
+    def __init__(self, host: str, port: int, reason: str, section: str = "receive") -> None:
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
         self.host = host
         self.port = port
         self.reason = reason
+        self.section = section

@@ -153,9 +153,11 @@ class HealthMonitor(threading.Thread):
         self._ping = ping_database
         self._stop_event = stop
         self.last: Health | None = None
+        self.checked_at: float | None = None  # time.monotonic() of the last check
 
     def check(self) -> Health:
         health = assess(self._workers, self._settings, self._ping)
+        self.checked_at = time.monotonic()
         previous = self.last.problems if self.last is not None else []
         for problem in health.problems:
             if problem not in previous:
@@ -168,6 +170,19 @@ class HealthMonitor(threading.Thread):
         except OSError as exc:
             logger.error("cannot write %s: %s", self.path, exc)
         return health
+
+    def liveness(self, now: float | None = None) -> list[str] | None:
+        """The problems that make the process itself unhealthy (GET /health/live): a worker dead, stuck
+        or not turning, or this monitor no longer checking. Database trouble is left to readiness: a
+        restart would not fix it. None when the monitor has not checked yet."""
+        if self.last is None or self.checked_at is None:
+            return None
+        now = time.monotonic() if now is None else now
+        problems = [e["problem"] for e in self.last.workers if "problem" in e and "outage" not in e]
+        age = now - self.checked_at
+        if age > STALE_INTERVALS * self._settings.interval_seconds:
+            problems.append(f"the health monitor has not checked for {age:.0f} s")
+        return problems
 
     def run(self) -> None:
         while True:

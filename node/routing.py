@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from node.db.models import Instance, Job, JobKind, JobState, SentInstance, Serie
 from node.deliver.plan import DeliveryPlan, PlanError
 from node.errors import InvalidUIDError, RulesError
 from node.facts import SeriesFacts, series_facts
+from node.metrics import NodeMetrics
 from node.receive.spool import Spool
 from node.rules import Decision, RulesHolder, decide
 
@@ -69,7 +71,9 @@ class Router:
         analyser: SeriesAnalyser,
         wake_delivery: threading.Event,
         retry: jobs.RetryPolicy,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._spool = spool
         self._rules = rules
         self._analyser = analyser
@@ -88,7 +92,9 @@ class Router:
         if work.stored_analysis is not None:
             analysis, fresh = work.stored_analysis, False
         else:
+            started = time.perf_counter()
             analysis, fresh = self._analyser.analyse(work.facts.series_uid, work.header, work.files), True
+            self._metrics.record_classification(analysis.facts, analysis.audit, time.perf_counter() - started)
         decision = decide(work.facts, analysis, self._rules.current)
         self._write(session, job, work, analysis, fresh, decision)
         self._wake_delivery.set()
@@ -180,6 +186,7 @@ class Router:
                 **where,
             )
             logger.error("route job %d dead-lettered after %d attempts: %s", job.id, job.attempts, error)
+            self._metrics.record_dead_letter("route")
         session.commit()
 
     def on_crash(self, session: Session, job: Job, exc: BaseException) -> None:

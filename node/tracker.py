@@ -21,6 +21,7 @@ from node.audit import Events
 from node.config import CompletionSettings
 from node.db.models import JobKind, Series, SeriesState, utcnow
 from node.errors import NotFoundError
+from node.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class CompletionTracker:
         session_factory: sessionmaker[Session],
         settings: CompletionSettings,
         on_complete: Callable[[], None],
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._sessions = session_factory
         self._quiet = dt.timedelta(seconds=settings.quiet_seconds)
         self._on_complete = on_complete
@@ -158,6 +161,7 @@ class CompletionTracker:
             return
         if done:
             logger.info("series %s complete (%s)", series_uid, reason)
+            self._metrics.record_series_completed(reason)
             self._on_complete()
         elif last is not None:
             # An instance arrived after the timer was armed: wait for quiet again.

@@ -1,13 +1,18 @@
-"""Serve a Starlette app with uvicorn on a free loopback port in a thread, and build STOW-RS bodies."""
+"""Test helpers for a node's HTTP side: serve STOW-RS routes with uvicorn, build STOW-RS bodies, and talk to
+the node with curl (a real client, as operators use it) and parse /metrics."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from io import BytesIO
+from typing import Any
 
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 
@@ -65,3 +70,41 @@ def multipart_body(parts: Sequence[bytes], boundary: str = BOUNDARY, close: bool
     if close:
         out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue()
+
+
+# (sample name, sorted label items) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def curl(url: str) -> tuple[int, str]:
+    """(HTTP status, body) of a GET with the curl binary."""
+    result = subprocess.run(
+        ["curl", "-s", "-S", "--noproxy", "*", "--max-time", "30", "-w", "\n%{http_code}", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), body
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    status, body = curl(url)
+    return status, json.loads(body)
+
+
+def scrape(base_url: str) -> Samples:
+    """Every sample of GET /metrics, parsed with prometheus-client's own parser."""
+    status, body = curl(base_url + "/metrics")
+    assert status == 200, body
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value; 0 when the node has not produced it yet (a counter never incremented)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

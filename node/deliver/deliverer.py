@@ -20,6 +20,7 @@ from node.db.models import Instance, Job, SentInstance, Series, utcnow
 from node.deliver.base import InstanceFile, Sender, SendOutcome
 from node.deliver.plan import DeliveryPlan, PlanError
 from node.deliver.report_step import ReportStep, wants_report
+from node.metrics import NodeMetrics
 from node.receive.spool import Spool
 from node.writeback import PreparedCopies, prepare_copies, wants_copies
 
@@ -32,7 +33,14 @@ AUDITED_FAILURES = 20
 
 
 class Deliverer:
-    def __init__(self, spool: Spool, senders: Mapping[str, Sender], retry: jobs.RetryPolicy) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        senders: Mapping[str, Sender],
+        retry: jobs.RetryPolicy,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._spool = spool
         self._senders = senders
         self._retry = retry
@@ -174,6 +182,7 @@ class Deliverer:
                 **common,
             )
             session.commit()
+            self._metrics.record_delivery(job.destination, "done", outcome)
             logger.info("series %s delivered to %s", series.series_uid, job.destination)
             return
         failed = report_failure if outcome is None or outcome.ok else outcome
@@ -199,6 +208,7 @@ class Deliverer:
             )
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)
         session.commit()
+        self._metrics.record_delivery(job.destination, "retry" if retry else "dead_letter", outcome)
 
     def _prepare_copies(
         self, job: Job, plan: DeliveryPlan, files: list[InstanceFile]
@@ -224,6 +234,7 @@ class Deliverer:
             destination=job.destination,
         )
         session.commit()
+        self._metrics.record_delivery(job.destination, "dead_letter", None)
         logger.error("delivery %d of %s: %s", job.id, series.series_uid, error)
 
     def on_crash(self, session: Session, job: Job, exc: BaseException) -> None:
@@ -237,6 +248,7 @@ class Deliverer:
             session, event, error, series_uid=series.series_uid, job_id=job.id, destination=job.destination
         )
         session.commit()
+        self._metrics.record_delivery(job.destination, "retry" if retry else "dead_letter", None)
 
 
 def _with_copy_failures(outcome: SendOutcome | None, copies: PreparedCopies) -> SendOutcome | None:

@@ -21,6 +21,7 @@ from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
 from node.errors import InvalidUIDError, SpoolError
+from node.metrics import NodeMetrics
 from node.receive.spool import PendingFile, Spool
 from node.uids import is_valid_uid, require_uid
 
@@ -43,6 +44,8 @@ class Received:
     # From the C-STORE request, when there is one, to check against the dataset.
     command_sop_class_uid: str | None = None
     command_sop_instance_uid: str | None = None
+    # The transport, for the metrics: "dimse" or "stow".
+    source: str = "dimse"
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,9 @@ class Ingest:
         spool: Spool,
         receive: ReceiveSettings,
         completion: CompletionSettings,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._sessions = session_factory
         self._spool = spool
         self._receive = receive
@@ -120,10 +125,14 @@ class Ingest:
     def accept(self, item: Received) -> Accepted:
         """Store the instance durably or raise RejectedInstance (after auditing the rejection)."""
         try:
-            return self._accept(item)
+            accepted = self._accept(item)
         except RejectedInstance as exc:
             self.audit_rejection(item, exc)
             raise
+        self._metrics.record_received(
+            item.source, item.calling_ae, item.transfer_syntax_uid, len(item.data), accepted.outcome
+        )
+        return accepted
 
     def _accept(self, item: Received) -> Accepted:
         ds = item.dataset
@@ -366,6 +375,7 @@ class Ingest:
 
         who = item.calling_ae or item.peer
         logger.warning("instance from %s rejected (0x%04X): %s", who, exc.status, exc.reason)
+        self._metrics.record_refused(item.source, exc.status)
         try:
             with self._sessions() as session, session.begin():
                 audit.record(

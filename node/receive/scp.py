@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from node import audit
 from node.audit import Events
 from node.config import ReceiveSettings
+from node.metrics import NodeMetrics
 from node.pynetdicom_tuning import (
     EVT_PROTOCOL_ERROR,
     HostLimitedServer,
@@ -76,6 +77,8 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
+# The metrics' names for them (dicom_node_associations_rejected_total{reason}).
+REJECT_NAMES = {REJECT_CALLING_AE: "calling_ae", REJECT_CALLED_AE: "called_ae", REJECT_BUSY: "busy"}
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -141,7 +144,13 @@ def handle_store(
 class AssociationPolicy:
     """Decides who may associate and audits the decision; also drains on shutdown."""
 
-    def __init__(self, settings: ReceiveSettings, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        settings: ReceiveSettings,
+        session_factory: sessionmaker[Session],
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or NodeMetrics()
         self._allowed = settings.allowed_callers
         self._answers_to = settings.answers_to if settings.check_called_ae else None
         self._sessions = session_factory
@@ -168,6 +177,7 @@ class AssociationPolicy:
             reason, why = REJECT_CALLING_AE, "calling AE title/host not in allowed_callers"
         else:
             return
+        self._metrics.record_association_rejected(REJECT_NAMES[reason])
         event.assoc.acse.send_reject(*reason)
         logger.warning("association from %s (%s) to %s rejected: %s", calling_ae, host, called_ae, why)
         self._audit(
@@ -244,10 +254,11 @@ class StorageSCP:
         ingest: Ingest,
         session_factory: sessionmaker[Session],
         on_stored: OnStored,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._settings = settings
         self.ae = build_ae(settings)
-        self.policy = AssociationPolicy(settings, session_factory)
+        self.policy = AssociationPolicy(settings, session_factory, metrics)
         self._handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, tune_association),
             (evt.EVT_REQUESTED, self.policy.on_requested),

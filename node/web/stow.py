@@ -14,6 +14,7 @@ Identity of these instances: calling_ae is None (HTTP has no AE titles), peer is
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,7 @@ from node.web.stow_response import (
 logger = logging.getLogger(__name__)
 
 # (series UID, time of the last instance, expected count reached): the tracker's instance_stored.
-OnStored = Callable[[str, object, bool], None]
+OnStored = Callable[[str, dt.datetime, bool], None]
 
 _STATUS_OUT_OF_RESOURCES = 0xA700
 # Parts of one request stored in parallel (per endpoint, shared by all requests).
@@ -202,6 +203,7 @@ class StowEndpoint:
             transfer_syntax_uid=syntax,
             calling_ae=None,
             peer=peer,
+            source="stow",
             # The file meta plays the C-STORE request's part: its UIDs must match the data set's.
             command_sop_class_uid=_str_or_none(meta.get("MediaStorageSOPClassUID")),
             command_sop_instance_uid=_str_or_none(meta.get("MediaStorageSOPInstanceUID")),

@@ -44,7 +44,7 @@ def test_image_moves_the_data_dir_to_the_volume(tmp_path: Path) -> None:
     assert "FROM python:3.11-slim" in dockerfile
     assert 'pip install ".[postgres]"' in dockerfile
     assert re.search(r"^USER node$", dockerfile, re.M) and re.search(r"^VOLUME /data$", dockerfile, re.M)
-    assert re.search(r"^EXPOSE 11112$", dockerfile, re.M)
+    assert re.search(r"^EXPOSE 11112 8080$", dockerfile, re.M)
     assert 'CMD ["dicom-node", "run", "--config", "/etc/node/node.yaml"]' in dockerfile
     # The image rewrites data_dir with this sed expression; apply the same rewrite and load the result.
     assert "sed -i 's|^data_dir: .*|data_dir: /data|' /etc/node/node.yaml" in dockerfile
@@ -157,6 +157,7 @@ def node_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, 
     example = re.sub(r"^rules_path: .*$", f"rules_path: {rules}", example, flags=re.M)
     example = re.sub(r"^  host: 0\.0\.0\.0$", "  host: 127.0.0.1", example, flags=re.M)
     example = re.sub(r"^  port: 11112$", f"  port: {free_port()}", example, flags=re.M)
+    example = re.sub(r"^  port: 8080$", f"  port: {free_port()}", example, flags=re.M)  # the web port
     config.write_text(example)
     log = (tmp_path / "node.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "node", "run", "--config", str(config)],
@@ -177,6 +178,7 @@ def test_node_answers_the_healthcheck_reloads_on_hup_and_stops_on_term(
     wait_until(lambda: healthcheck(config).returncode == 0, "the health check to pass", proc)
     ok = healthcheck(config)
     assert ok.returncode == 0 and "success" in ok.stdout
+    assert "ready (http://127.0.0.1:" in ok.stdout  # the example config has the web side on
     before = len(audit_events(data_dir, "rules."))
 
     proc.send_signal(signal.SIGHUP)  # systemctl reload / docker kill -s HUP
@@ -201,19 +203,23 @@ def test_node_answers_the_healthcheck_reloads_on_hup_and_stops_on_term(
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated death
-def test_healthcheck_fails_when_the_node_reports_unhealthy(tmp_path: Path) -> None:
-    """The C-ECHO answers, but a worker is dead: the container's health check must fail, naming it."""
+@pytest.mark.parametrize("web", [False, True], ids=["health-file", "health-ready"])
+def test_healthcheck_fails_when_the_node_reports_unhealthy(tmp_path: Path, web: bool) -> None:
+    """The C-ECHO answers, but a worker is dead: the container's health check must fail, naming it, from
+    the health file (web side off) or from GET /health/ready (on)."""
     from tests.nodeutil import kill_worker, make_settings, running_node, wait_for
 
-    settings = make_settings(tmp_path, health={"interval_seconds": 0.1})
+    settings = make_settings(tmp_path, health={"interval_seconds": 0.1}, web={"enabled": web})
     with running_node(settings) as node:
         port_config = tmp_path / "probe.yaml"
         raw = settings.model_dump(mode="json")
         raw["receive"]["port"] = node.port
+        raw["web"]["port"] = node.web_port or 0
         port_config.write_text(yaml.safe_dump(raw))
         wait_for(lambda: healthcheck(port_config).returncode == 0, what="a passing health check")
         kill_worker(node, "router-0")
         failed = wait_for(
             lambda: (r := healthcheck(port_config)).returncode == 1 and r, what="a failing health check"
         )
-        assert "unhealthy" in failed.stdout and "worker router-0 is not running" in failed.stdout
+        assert "worker router-0 is not running" in failed.stdout
+        assert ("not ready" if web else "unhealthy") in failed.stdout

@@ -113,6 +113,9 @@ def _series_number(header: Dataset) -> int:
         return SERIES_NUMBER_OFFSET
 
 
+UNSTATED_DEIDENTIFICATION = "unknown: the source series states no method"
+
+
 def _evidence_datasets(header: Dataset, evidence: Sequence[Evidence]) -> list[Dataset]:
     """highdicom takes patient and study from the first evidence dataset (a copy of the header, with
     the type 2 attributes it reads present, empty where the source lacks them) and the Current Requested
@@ -121,6 +124,14 @@ def _evidence_datasets(header: Dataset, evidence: Sequence[Evidence]) -> list[Da
     for keyword in _HEADER_TYPE2:
         if keyword not in first:
             setattr(first, keyword, None)
+    # Real de-identified series say "identity removed" with an empty method (Type 1C, invalid); the SR
+    # copies the flag, so it states that the method is unknown rather than carry the error along.
+    if (
+        str(first.get("PatientIdentityRemoved", "")).upper() == "YES"
+        and not first.get("DeidentificationMethod")
+        and not first.get("DeidentificationMethodCodeSequence")
+    ):
+        first.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
     study, series = header.StudyInstanceUID, header.SeriesInstanceUID
     items = [first]
     for e in evidence:

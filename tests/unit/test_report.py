@@ -258,3 +258,15 @@ def test_disputed_low_confidence_and_oblique_answers_say_so(results, series, tmp
     assert coded(body, key(rc.LOW_CONFIDENCE)) == [key(rc.YES)]
     plane = by_name["imaging plane: final answer"]
     assert coded(plane, key(TASK_CONCEPTS["axis"])) == [("24422004", "SCT"), ("21114003", "SCT")]  # + Oblique
+
+
+def test_identity_removed_without_a_method_is_not_copied_as_an_error(results, series, tmp_path: Path) -> None:
+    """Real de-identified CT (qa_ge_head_tilt) says PatientIdentityRemoved YES with an empty
+    DeidentificationMethod; copied as is, dciodvfy reports a Type 1C error in the SR."""
+    header, evidence = series
+    header.PatientIdentityRemoved = "YES"
+    header.DeidentificationMethod = ""
+    ds = written(build_report(results, header, evidence, generation=1), tmp_path / "sr.dcm")
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.DeidentificationMethod == "unknown: the source series states no method"
+

@@ -8,12 +8,16 @@ trouble never escapes as an exception.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from node.deliver.destinations import Destination
+
+logger = logging.getLogger(__name__)
 
 # C-STORE statuses that mean "the peer has the instance" (PS3.4 B.2.3): success and the warnings
 # coercion of data elements (B000), elements discarded (B006), data set does not match SOP class (B007).
@@ -92,3 +96,29 @@ class Sender(Protocol):
     def send(
         self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent
     ) -> SendOutcome: ...
+
+
+def timed_send(
+    where: str, name: str, files: Sequence[InstanceFile], send_all: Callable[[SendOutcome], None], unit: str
+) -> SendOutcome:
+    """Run one sender's attempt: `send_all` fills the outcome; this times it and logs the result in one
+    line (`unit` names what outcome.associations counts, e.g. "association(s)")."""
+    started = time.monotonic()
+    outcome = SendOutcome()
+    try:
+        if files:
+            send_all(outcome)
+    finally:
+        outcome.duration_seconds = time.monotonic() - started
+    if outcome.error is None:
+        logger.info(
+            "forwarded %d instances to %s in %.2f s over %d %s",
+            len(outcome.sent),
+            where,
+            outcome.duration_seconds,
+            outcome.associations,
+            unit,
+        )
+    else:
+        logger.warning("forward to %s: %s", name, outcome.error)
+    return outcome

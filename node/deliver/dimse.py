@@ -46,6 +46,7 @@ from node.deliver.base import (
     SendOutcome,
     is_delivered,
     status_is_retryable,
+    timed_send,
 )
 from node.deliver.destinations import Destination, DimseDestination
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
@@ -166,27 +167,14 @@ class DimseSender:
 
     def send(self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent) -> SendOutcome:
         assert isinstance(destination, DimseDestination), destination.kind
-        started = time.monotonic()
-        outcome = SendOutcome()
-        where = (
-            f"destination {destination.name!r} ({destination.ae_title}@{destination.host}:{destination.port})"
+        where = f"destination {destination.name!r} ({destination.address})"
+        return timed_send(
+            where,
+            destination.name,
+            files,
+            lambda outcome: self._send_all(destination, files, on_sent, outcome, where),
+            "association(s)",
         )
-        try:
-            if files:
-                self._send_all(destination, files, on_sent, outcome, where)
-        finally:
-            outcome.duration_seconds = time.monotonic() - started
-        if outcome.error is None:
-            logger.info(
-                "forwarded %d instances to %s in %.2f s over %d association(s)",
-                len(outcome.sent),
-                where,
-                outcome.duration_seconds,
-                outcome.associations,
-            )
-        else:
-            logger.warning("forward to %s: %s", destination.name, outcome.error)
-        return outcome
 
     def _send_all(
         self,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from pathlib import Path
 import requests
 import urllib3
 
-from node.deliver.base import InstanceFile, OnSent, SendOutcome, status_is_retryable
+from node.deliver.base import InstanceFile, OnSent, SendOutcome, status_is_retryable, timed_send
 from node.deliver.destinations import Destination, DicomwebDestination
 from node.deliver.dimse import describe_status
 from node.deliver.http_auth import AuthSettingError, ResolvedAuth, resolve_auth
@@ -182,25 +181,14 @@ class StowSender:
 
     def send(self, destination: Destination, files: Sequence[InstanceFile], on_sent: OnSent) -> SendOutcome:
         assert isinstance(destination, DicomwebDestination), destination.kind
-        started = time.monotonic()
-        outcome = SendOutcome()
         where = f"destination {destination.name!r} ({_without_userinfo(destination.url)})"
-        try:
-            if files:
-                self._send_all(destination, files, on_sent, outcome, where)
-        finally:
-            outcome.duration_seconds = time.monotonic() - started
-        if outcome.error is None:
-            logger.info(
-                "forwarded %d instances to %s in %.2f s in %d STOW-RS request(s)",
-                len(outcome.sent),
-                where,
-                outcome.duration_seconds,
-                outcome.associations,
-            )
-        else:
-            logger.warning("forward to %s: %s", destination.name, outcome.error)
-        return outcome
+        return timed_send(
+            where,
+            destination.name,
+            files,
+            lambda outcome: self._send_all(destination, files, on_sent, outcome, where),
+            "STOW-RS request(s)",
+        )
 
     # -- one attempt -----------------------------------------------------------------------------
 

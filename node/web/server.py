@@ -60,6 +60,7 @@ class WebServer:
 
     def __init__(self, settings: WebSettings, app: Starlette) -> None:
         self._settings = settings
+        self._app = app
         self._config = uvicorn.Config(
             app,
             log_config=None,  # the node's logging as configured; no uvicorn handlers
@@ -91,7 +92,8 @@ class WebServer:
                 self._socket.close()
                 raise ListenError(self._settings.host, self.port, "the HTTP server did not start", "web")
             self._thread.join(0.01)  # uvicorn offers no event for "started"
-        logger.info("web: listening on %s (health, metrics)", self.url)
+        paths = sorted({str(getattr(r, "path", "")) for r in self._app.routes} - {""})
+        logger.info("web: listening on %s (%s)", self.url, ", ".join(paths))
         return self.port
 
     def _run(self, sockets: list[socket.socket]) -> None:

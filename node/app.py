@@ -235,6 +235,7 @@ class NodeService:
             on_stored=self.tracker.instance_stored,
             sessions=self.sessions,
             max_instance_bytes=self.settings.receive.max_instance_bytes,
+            metrics=self.metrics,
         )
         for warning in auth_warnings(self.settings.web):
             logger.warning("web: %s", warning)

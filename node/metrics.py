@@ -109,6 +109,12 @@ class NodeMetrics:
             ["source", "status"],
             registry=reg,
         )
+        self.http_requests_refused = Counter(
+            f"{PREFIX}_http_requests_refused",
+            "STOW-RS requests refused as a whole, by HTTP status (400, 401, 413, 415, 503).",
+            ["status"],
+            registry=reg,
+        )
         self.associations_rejected = Counter(
             f"{PREFIX}_associations_rejected",
             "A-ASSOCIATE-RQs rejected: called_ae, calling_ae (not allowed) or busy (shutting down).",
@@ -205,6 +211,9 @@ class NodeMetrics:
 
     def record_refused(self, source: str, status: int) -> None:
         self.instances_refused.labels(source, f"0x{status:04X}").inc()
+
+    def record_http_refused(self, status: int) -> None:
+        self.http_requests_refused.labels(str(status)).inc()
 
     def record_association_rejected(self, reason: str) -> None:
         self.associations_rejected.labels(reason).inc()

@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 from node import audit
 from node.audit import Events
 from node.config import WebSettings
+from node.metrics import NodeMetrics
 from node.receive.ingest import Ingest, Received, RejectedInstance
 from node.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
 from node.receive.spool import Spool
@@ -69,9 +70,10 @@ def stow_routes(
     on_stored: OnStored,
     sessions: sessionmaker[Session],
     max_instance_bytes: int,
+    metrics: NodeMetrics | None = None,
 ) -> list[BaseRoute]:
     """The STOW-RS routes for the node's HTTP server. Raises ConfigError for unusable auth settings."""
-    endpoint = StowEndpoint(ingest, spool, settings, on_stored, sessions, max_instance_bytes)
+    endpoint = StowEndpoint(ingest, spool, settings, on_stored, sessions, max_instance_bytes, metrics)
     return [
         Route("/studies", endpoint.store, methods=["POST"], name="stow_studies"),
         Route("/studies/{study}", endpoint.store, methods=["POST"], name="stow_study"),
@@ -87,8 +89,10 @@ class StowEndpoint:
         on_stored: OnStored,
         sessions: sessionmaker[Session],
         max_instance_bytes: int,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._ingest = ingest
+        self._metrics = metrics
         self._staging: Path = spool.tmp_dir
         self._max_request = settings.max_request_bytes
         self._max_instance = max_instance_bytes
@@ -224,6 +228,8 @@ class StowEndpoint:
         self, request: Request, status: int, reason: str, peer: str, headers: dict[str, str] | None = None
     ) -> Response:
         logger.warning("STOW-RS request from %s refused (HTTP %d): %s", peer, status, reason)
+        if self._metrics is not None:
+            self._metrics.record_http_refused(status)
         details = {
             "http_status": status,
             "path": request.url.path,

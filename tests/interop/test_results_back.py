@@ -161,11 +161,13 @@ def test_a_stow_upload_to_the_node_is_classified_and_forwarded_like_a_c_store(tm
                 headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'},
                 timeout=30,
             )
+            refused = scrape(base)
     assert analysed.details["classifiable"] is True
     assert sorted(sink.uids()) == sorted(str(ds.SOPInstanceUID) for ds in datasets)
     assert received_over_stow(after) - received_over_stow(before) == len(datasets)
     assert value(after, "dicom_node_deliveries_total", destination="sink", outcome="done") >= 1
     assert unauthorised.status_code == 401 and "Bearer" in unauthorised.headers["WWW-Authenticate"]
+    assert value(refused, "dicom_node_http_requests_refused_total", status="401") == 1
 
 
 def received_over_stow(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:

@@ -1,13 +1,15 @@
-"""bench/common.py helpers that the benchmarks' figures rest on: synthetic series and the durable-write
-ceiling (the benches themselves are smoke-tested in tests/interop/test_benches.py)."""
+"""bench/common.py helpers that the benchmarks' figures rest on: synthetic series, the durable-write
+ceiling and the peak RSS per phase (the benches themselves: tests/interop/test_benches.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
 
-from bench.common import durable_write_rate, synthetic_series
+from bench.common import PeakRss, durable_write_rate, synthetic_series
 from tests.peers import make_series
 
 
@@ -43,3 +45,26 @@ def test_the_durable_write_ceiling_writes_every_file_with_its_bytes(tmp_path: Pa
     written = sorted((tmp_path / "ceiling").iterdir())
     assert [w.read_bytes() for w in written] == [s.read_bytes() for s in sources]
     assert rate > 0
+
+
+def test_the_peak_rss_can_be_reset_between_phases() -> None:
+    # A child that touches 300 MB, frees it, says so and waits for a line on stdin.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nb = bytearray(300 * 10**6)\ndel b\nprint('freed', flush=True)\n"
+                               "sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        assert child.stdout.readline().strip() == "freed"
+        rss = PeakRss(child.pid)
+        try:
+            assert rss.peak_mb() > 300
+            rss.reset()
+            assert rss.peak_mb() < 200
+        finally:
+            rss.close()
+    finally:
+        child.stdin.write("\n")
+        child.stdin.close()
+        child.wait(timeout=10)

@@ -38,7 +38,7 @@ def storescp_rate(work: Path, groups: Sequence[Sequence[Path]]) -> float:
 
 
 def orthanc_rate(work: Path, groups: Sequence[Sequence[Path]]) -> float:
-    with run_orthanc(work / "orthanc", dicomweb=False) as orthanc:
+    with run_orthanc(work / "orthanc") as orthanc:
         return sum(map(len, groups)) / parallel_storescu_seconds(groups, orthanc.dicom_port, "ORTHANC")
 
 

@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from node.audit.write import Events, Where, record
+from node.audit.write import Events, Where, record, record_core
 
-__all__ = ["Events", "Where", "record"]
+__all__ = ["Events", "Where", "record", "record_core"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -189,8 +189,11 @@ class Ingest:
         series_uid, sop_uid = ident.series_uid, ident.sop_uid
         try:
             with self._sessions() as session, session.begin():
-                series = self._lock_series(session, item, ident, now)
-                existing = session.execute(_FIND_INSTANCE, {"b_series": series.id, "b_sop": sop_uid}).first()
+                # Core statements on the transaction's connection: the ORM's execute() path
+                # (bulk-persistence hooks, identity map) cost more than the statements.
+                conn = session.connection()
+                series = self._lock_series(conn, item, ident, now)
+                existing = conn.execute(_FIND_INSTANCE, {"b_series": series.id, "b_sop": sop_uid}).first()
                 # The digest is ready long before the file is durable; the database work goes on meanwhile.
                 digest = pending.digest.result()
                 size = len(item.data)
@@ -201,8 +204,8 @@ class Ingest:
                     peer=item.peer,
                 )
                 if existing is not None and existing.sha256 == digest:
-                    audit.record(
-                        session,
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_DUPLICATE,
                         "same bytes received again; acknowledged, not stored twice",
                         details={"size": size, "identical": True},
@@ -210,8 +213,8 @@ class Ingest:
                     )
                     return Accepted("duplicate", series_uid, now, False)
                 if existing is not None and self._receive.duplicate_policy == "keep_first":
-                    audit.record(
-                        session,
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_DUPLICATE,
                         "different bytes for a stored SOP Instance UID; kept the first (keep_first)",
                         details={
@@ -224,7 +227,7 @@ class Ingest:
                     )
                     return Accepted("kept_first", series_uid, now, False)
 
-                generation = self._start_follow_up_if_needed(session, series, common)
+                generation = self._start_follow_up_if_needed(conn, series, common)
                 file_columns = dict(
                     transfer_syntax_uid=item.transfer_syntax_uid,
                     size=size,
@@ -236,7 +239,7 @@ class Ingest:
                 count = series.instance_count
                 if existing is None:
                     written = Spool.relative_path(ident.study_uid, series_uid, sop_uid)
-                    session.execute(
+                    conn.execute(
                         _INSERT_INSTANCE,
                         dict(
                             series_id=series.id,
@@ -249,8 +252,8 @@ class Ingest:
                     )
                     count += 1
                     outcome = "stored"
-                    audit.record(
-                        session,
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_STORED,
                         "",
                         details={
@@ -266,14 +269,14 @@ class Ingest:
                         ident.study_uid, series_uid, sop_uid, _next_variant(existing.path)
                     )
                     obsolete = existing.path
-                    session.execute(
+                    conn.execute(
                         update(Instance)
                         .where(Instance.id == existing.id)
                         .values(path=written, **file_columns)
                     )
                     outcome = "replaced"
-                    audit.record(
-                        session,
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_REPLACED,
                         "different bytes for a stored SOP Instance UID; replaced (policy replace)",
                         details={
@@ -286,7 +289,7 @@ class Ingest:
                     )
                 expected = ident.expected if ident.expected is not None else series.expected_count
                 # Safe read-modify-write: this transaction holds the series row's lock (_lock_series).
-                session.execute(_COUNT_SERIES, {"b_id": series.id, "b_count": count, "b_expected": expected})
+                conn.execute(_COUNT_SERIES, {"b_id": series.id, "b_count": count, "b_expected": expected})
                 # Last: wait until the file is durable, then rename it into place; the commit follows.
                 self._spool.place(pending.staged.result(), written)
                 result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
@@ -304,16 +307,16 @@ class Ingest:
             self._spool.remove(obsolete)
         return result
 
-    def _lock_series(self, session: Session, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
+    def _lock_series(self, conn: Connection, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
         """The series row (id, state, generation, counts), created if new. An existing row is written
         first (UPDATE ... RETURNING) so that this transaction holds its lock (PostgreSQL row lock,
         SQLite's write lock) before its state is read. A completion racing with this instance then
         either happened before (this instance starts a follow-up) or sees the new last_received_at
         and does not complete."""
-        touched = session.execute(_TOUCH_SERIES, {"b_uid": ident.series_uid, "b_now": now}).first()
+        touched = conn.execute(_TOUCH_SERIES, {"b_uid": ident.series_uid, "b_now": now}).first()
         if touched is not None:
             return touched
-        return session.execute(
+        return conn.execute(
             insert(Series)
             .values(
                 series_uid=ident.series_uid,
@@ -330,12 +333,12 @@ class Ingest:
             .returning(*_SERIES_COLUMNS)
         ).one()
 
-    def _start_follow_up_if_needed(self, session: Session, series: SeriesRow, common: Where) -> int:
+    def _start_follow_up_if_needed(self, conn: Connection, series: SeriesRow, common: Where) -> int:
         """Returns the generation new instances belong to (a new one if the series had completed)."""
         if series.state == SeriesState.RECEIVING:
             return int(series.generation)
         generation = int(series.generation) + 1
-        session.execute(
+        conn.execute(
             update(Series)
             .where(Series.id == series.id)
             .values(
@@ -347,8 +350,8 @@ class Ingest:
                 files_deleted_at=None,
             )
         )
-        audit.record(
-            session,
+        audit.record_core(
+            conn,
             Events.SERIES_FOLLOW_UP,
             f"instance arrived after completion; follow-up generation {generation} started",
             details={"generation": generation},

@@ -1,7 +1,7 @@
 """The audit trail: rows written with the state change they record (write), and the read side (query).
 
-    from node import audit
-    audit.record(session, audit.Events.SERIES_COMPLETE, "...", series_uid=uid)
+from node import audit
+audit.record(session, audit.Events.SERIES_COMPLETE, "...", series_uid=uid)
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from node import audit
 from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
+from node.db.session import commit_without_fsync
 from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
-from node.receive.spool import PendingFile, Spool
+from node.receive.spool import PendingFile, Spool, sha256_hex
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ _COUNT_SERIES = (
 )
 
 
+# The message of the audit row of an instance indexed at start from its spooled file.
+RECOVERED = "indexed at start: the file was durable in the spool, its database row was lost (crash)"
+
+
 class RejectedInstance(Exception):
     """The instance is refused; `status` is the DICOM status to answer, `reason` says why."""
 
@@ -134,7 +139,8 @@ class Ingest:
         )
         return accepted
 
-    def _accept(self, item: Received) -> Accepted:
+    def _identify(self, item: Received) -> _Identity:
+        """The validated UIDs and counters, or RejectedInstance."""
         ds = item.dataset
         try:
             sop_uid = require_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
@@ -158,7 +164,7 @@ class Ingest:
                 f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
                 f"{self._receive.max_instance_bytes}",
             )
-        ident = _Identity(
+        return _Identity(
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
@@ -166,6 +172,9 @@ class Ingest:
             expected=self._expected_count(ds),
             instance_number=_int_or_none(ds.get("InstanceNumber")),
         )
+
+    def _accept(self, item: Received) -> Accepted:
+        ident = self._identify(item)
         for attempt in range(2):
             # The file is hashed, written and fdatasync'd on the spool's I/O threads while this thread
             # does the database work; both must finish before the success status.
@@ -180,9 +189,18 @@ class Ingest:
                 _discard_unplaced(self._spool, pending)
         raise AssertionError("unreachable")
 
-    def _record(self, item: Received, ident: _Identity, pending: PendingFile) -> Accepted:
+    def index_spooled(self, relative: str, item: Received) -> Accepted:
+        """Record a file that is already durable in the spool at `relative` but has no database row
+        (its commit was lost: node.receive.reconcile). As a new instance, or as a replacement of the
+        row of the same SOP Instance UID (the caller has checked that the file is the newer one)."""
+        return self._record(item, self._identify(item), None, spooled=relative)
+
+    def _record(
+        self, item: Received, ident: _Identity, pending: PendingFile | None, spooled: str | None = None
+    ) -> Accepted:
         """One transaction, in SQLAlchemy Core statements (this is the hot path: the ORM's unit of work
-        cost more than the fdatasync here)."""
+        cost more than the fdatasync here). `pending`: the file being staged; None with `spooled`, the
+        path of a file already in place."""
         now = utcnow()
         written: str | None = None
         obsolete: str | None = None
@@ -192,10 +210,13 @@ class Ingest:
                 # Core statements on the transaction's connection: the ORM's execute() path
                 # (bulk-persistence hooks, identity map) cost more than the statements.
                 conn = session.connection()
+                # The file is durable before this commit, and a lost row is rebuilt from the file at
+                # start (node.receive.reconcile): the commit need not be fsync'd (docs/receiving.md).
+                commit_without_fsync(conn)
                 series = self._lock_series(conn, item, ident, now)
                 existing = conn.execute(_FIND_INSTANCE, {"b_series": series.id, "b_sop": sop_uid}).first()
                 # The digest is ready long before the file is durable; the database work goes on meanwhile.
-                digest = pending.digest.result()
+                digest = pending.digest.result() if pending is not None else sha256_hex(item.data)
                 size = len(item.data)
                 common = Where(
                     series_uid=series_uid,
@@ -203,7 +224,7 @@ class Ingest:
                     calling_ae=item.calling_ae,
                     peer=item.peer,
                 )
-                if existing is not None and existing.sha256 == digest:
+                if spooled is None and existing is not None and existing.sha256 == digest:
                     audit.record_core(
                         conn,
                         Events.INSTANCE_DUPLICATE,
@@ -212,7 +233,11 @@ class Ingest:
                         **common,
                     )
                     return Accepted("duplicate", series_uid, now, False)
-                if existing is not None and self._receive.duplicate_policy == "keep_first":
+                if (
+                    spooled is None
+                    and existing is not None
+                    and self._receive.duplicate_policy == "keep_first"
+                ):
                     audit.record_core(
                         conn,
                         Events.INSTANCE_DUPLICATE,
@@ -238,7 +263,7 @@ class Ingest:
                 outcome: Outcome
                 count = series.instance_count
                 if existing is None:
-                    written = Spool.relative_path(ident.study_uid, series_uid, sop_uid)
+                    written = spooled or Spool.relative_path(ident.study_uid, series_uid, sop_uid)
                     conn.execute(
                         _INSERT_INSTANCE,
                         dict(
@@ -255,7 +280,7 @@ class Ingest:
                     audit.record_core(
                         conn,
                         Events.INSTANCE_STORED,
-                        "",
+                        RECOVERED if spooled else "",
                         details={
                             "size": size,
                             "transfer_syntax": item.transfer_syntax_uid,
@@ -265,7 +290,7 @@ class Ingest:
                     )
                 else:
                     # Replace: the new file goes to a new path; the old one is removed after commit.
-                    written = Spool.relative_path(
+                    written = spooled or Spool.relative_path(
                         ident.study_uid, series_uid, sop_uid, _next_variant(existing.path)
                     )
                     obsolete = existing.path
@@ -278,7 +303,9 @@ class Ingest:
                     audit.record_core(
                         conn,
                         Events.INSTANCE_REPLACED,
-                        "different bytes for a stored SOP Instance UID; replaced (policy replace)",
+                        RECOVERED
+                        if spooled
+                        else "different bytes for a stored SOP Instance UID; replaced (policy replace)",
                         details={
                             "size": size,
                             "old_sha256": existing.sha256,
@@ -291,13 +318,14 @@ class Ingest:
                 # Safe read-modify-write: this transaction holds the series row's lock (_lock_series).
                 conn.execute(_COUNT_SERIES, {"b_id": series.id, "b_count": count, "b_expected": expected})
                 # Last: wait until the file is durable, then rename it into place; the commit follows.
-                self._spool.place(pending.staged.result(), written)
+                if pending is not None:
+                    self._spool.place(pending.staged.result(), written)
                 result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
         except SpoolError as exc:
             logger.error("spool write failed for %s in series %s: %s", sop_uid, series_uid, exc)
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, str(exc)) from exc
         except SQLAlchemyError as exc:
-            if written is not None:
+            if written is not None and spooled is None:  # never remove a durable file found at start
                 self._spool.remove(written)
             if isinstance(exc, IntegrityError):
                 raise

@@ -113,8 +113,13 @@ def _index(spool: Spool, ingest: Ingest, relative: str) -> bool:
             peer=None,
             source="spool",
         )
+        sop, _ = variant_of(path.name)
+        where = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID))
+        if where != (path.parent.parent.name, path.parent.name, sop):
+            # Not a file the receive path wrote (it names files by their own UIDs): never guess.
+            raise ValueError(f"its UIDs {where} do not match its path")
         ingest.index_spooled(relative, item)
-    except (OSError, InvalidDicomError, AttributeError, RejectedInstance) as exc:
+    except (OSError, InvalidDicomError, AttributeError, ValueError, RejectedInstance) as exc:
         # Never removed: the file may be an acknowledged instance; an operator decides.
         logger.error("spool file %s not indexed: %s", relative, exc)
         return False

@@ -155,6 +155,21 @@ def test_an_unreadable_file_is_left_in_place_and_not_indexed(
         assert session.scalar(select(func.count()).select_from(Instance)) == 0
 
 
+def test_a_file_whose_uids_do_not_match_its_path_is_left_in_place(
+    parts: tuple[sessionmaker[Session], Spool, Ingest],
+) -> None:
+    sessions, spool, ingest = parts
+    ds = synthetic_ct()
+    elsewhere = Spool.relative_path(ds.StudyInstanceUID, "1.2.3.4", ds.SOPInstanceUID)
+    spool.write(elsewhere, encoded(ds))
+
+    done = reconcile(sessions, spool, ingest)
+
+    assert done.unreadable == [elsewhere] and done.indexed == []
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Series)) == 0
+
+
 def test_a_staging_leftover_is_removed_when_the_spool_opens(tmp_path: Path) -> None:
     Spool(tmp_path / "spool").close()
     leftover = tmp_path / "spool" / "tmp" / "abc.part"

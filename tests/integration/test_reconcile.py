@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import CompletionSettings, ReceiveSettings
@@ -191,3 +191,34 @@ def test_the_node_indexes_lost_rows_before_it_listens(tmp_path: Path) -> None:
         with node.sessions() as session:
             paths = session.execute(select(Instance.path)).scalars().all()
     assert paths == [relative]
+
+
+def test_only_the_receive_transaction_commits_without_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.db.migrate import upgrade
+    from node.db.session import commit_without_fsync, make_engine
+    from node.receive import ingest as ingest_module
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    spool = Spool(tmp_path / "spool")
+    ingest = Ingest(sessions, spool, ReceiveSettings(), CompletionSettings())
+    during: list[int] = []
+
+    def relax_and_look(connection: Connection) -> None:
+        commit_without_fsync(connection)
+        during.append(int(connection.exec_driver_sql("PRAGMA synchronous").scalar_one()))
+
+    monkeypatch.setattr(ingest_module, "commit_without_fsync", relax_and_look)
+    try:
+        ingest.accept(received(synthetic_ct()))
+        # Back in the pool, the receive connection is FULL (2) again, as every other one.
+        with engine.connect() as a, engine.connect() as b:
+            after = {int(c.exec_driver_sql("PRAGMA synchronous").scalar_one()) for c in (a, b)}
+    finally:
+        spool.close()
+        engine.dispose()
+    assert during == [1]  # NORMAL for the receive transaction
+    assert after == {2}

@@ -39,6 +39,7 @@ from node.health import HEALTH_FILE, HealthMonitor
 from node.metrics import NodeMetrics
 from node.readiness import check_database, check_dicom, check_model, check_spool, check_workers, report
 from node.receive.ingest import Ingest
+from node.receive.reconcile import reconcile
 from node.receive.scp import StorageSCP
 from node.receive.spool import Spool
 from node.routing import Router, reload_rules
@@ -161,6 +162,8 @@ class NodeService:
 
     def start(self) -> int:
         pynetdicom_tuning.install(self.settings.receive.poll_delay_seconds)
+        # Before the listener and the tracker: rows lost with un-fsync'd commits (power loss) come back.
+        reconcile(self.sessions, self.spool, self.ingest)
         with self.sessions() as session:
             recovered = jobs.recover_interrupted(session)
             audit.record(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict, Unpack
 
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from node.db.models import AuditEvent, utcnow
@@ -68,3 +69,24 @@ def record(
     row = AuditEvent(at=utcnow(), event=event, message=message, details=details, **where)
     session.add(row)
     return row
+
+
+# Every column named, so that one compiled statement serves every row (the receive path's hot loop).
+_INSERT_AUDIT = insert(AuditEvent)
+_WHERE_KEYS = ("series_uid", "sop_instance_uid", "job_id", "destination", "calling_ae", "peer")
+
+
+def record_core(
+    connection: Connection,
+    event: str,
+    message: str = "",
+    *,
+    details: dict[str, Any] | None = None,
+    **where: Unpack[Where],
+) -> None:
+    """As `record`, as one Core INSERT on the transaction's connection: no ORM unit of work (the
+    receive path writes one per instance and this is several times cheaper). Same row, same commit."""
+    values: dict[str, Any] = {key: where.get(key) for key in _WHERE_KEYS}
+    connection.execute(
+        _INSERT_AUDIT, dict(at=utcnow(), event=event, message=message, details=details, **values)
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -23,6 +23,22 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+_RELAXED = "node.commit_without_fsync"
+
+
+def commit_without_fsync(connection: Connection) -> None:
+    """SQLite: this connection's next commits are written to the WAL without an fsync (synchronous=
+    NORMAL: they survive a crash of the process, not necessarily a power loss) until it goes back to the
+    pool, where FULL is restored. Only for a transaction whose loss at power failure is repaired at start
+    (the receive path: its files are durable first and node.receive.reconcile rebuilds lost rows).
+    PostgreSQL: nothing changes, its commit stays durable. Call before the transaction's first statement."""
+    if connection.dialect.name != "sqlite":
+        return
+    # pysqlite opens the database transaction only at the first DML statement: this PRAGMA runs before.
+    connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    connection.info[_RELAXED] = True
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
@@ -34,12 +50,19 @@ def make_engine(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit survives a process crash (kill -9); FULL adds power-loss
-            # durability at one fsync per commit. Instance files are fsync'd by the spool regardless.
+            # FULL: every commit fsync'd (power-loss durable). The receive path relaxes its own
+            # connection to NORMAL for its transaction (commit_without_fsync).
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine, "checkin")
+        def _restore_full_sync(dbapi_conn: Any, record: Any) -> None:
+            if record.info.pop(_RELAXED, False):
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

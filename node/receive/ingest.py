@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,9 +20,10 @@ from node import audit
 from node.audit import Events, Where
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import Instance, Series, SeriesState, utcnow
+from node.db.session import commit_without_fsync
 from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
-from node.receive.spool import PendingFile, Spool
+from node.receive.spool import PendingFile, Spool, sha256_hex
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ _COUNT_SERIES = (
 )
 
 
+# The message of the audit row of an instance indexed at start from its spooled file.
+RECOVERED = "indexed at start: the file was durable in the spool, its database row was lost (crash)"
+
+
 class RejectedInstance(Exception):
     """The instance is refused; `status` is the DICOM status to answer, `reason` says why."""
 
@@ -134,7 +139,8 @@ class Ingest:
         )
         return accepted
 
-    def _accept(self, item: Received) -> Accepted:
+    def _identify(self, item: Received) -> _Identity:
+        """The validated UIDs and counters, or RejectedInstance."""
         ds = item.dataset
         try:
             sop_uid = require_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
@@ -158,7 +164,7 @@ class Ingest:
                 f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
                 f"{self._receive.max_instance_bytes}",
             )
-        ident = _Identity(
+        return _Identity(
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
@@ -166,6 +172,9 @@ class Ingest:
             expected=self._expected_count(ds),
             instance_number=_int_or_none(ds.get("InstanceNumber")),
         )
+
+    def _accept(self, item: Received) -> Accepted:
+        ident = self._identify(item)
         for attempt in range(2):
             # The file is hashed, written and fdatasync'd on the spool's I/O threads while this thread
             # does the database work; both must finish before the success status.
@@ -180,19 +189,34 @@ class Ingest:
                 _discard_unplaced(self._spool, pending)
         raise AssertionError("unreachable")
 
-    def _record(self, item: Received, ident: _Identity, pending: PendingFile) -> Accepted:
+    def index_spooled(self, relative: str, item: Received) -> Accepted:
+        """Record a file that is already durable in the spool at `relative` but has no database row
+        (its commit was lost: node.receive.reconcile). As a new instance, or as a replacement of the
+        row of the same SOP Instance UID (the caller has checked that the file is the newer one)."""
+        return self._record(item, self._identify(item), None, spooled=relative)
+
+    def _record(
+        self, item: Received, ident: _Identity, pending: PendingFile | None, spooled: str | None = None
+    ) -> Accepted:
         """One transaction, in SQLAlchemy Core statements (this is the hot path: the ORM's unit of work
-        cost more than the fdatasync here)."""
+        cost more than the fdatasync here). `pending`: the file being staged; None with `spooled`, the
+        path of a file already in place."""
         now = utcnow()
         written: str | None = None
         obsolete: str | None = None
         series_uid, sop_uid = ident.series_uid, ident.sop_uid
         try:
             with self._sessions() as session, session.begin():
-                series = self._lock_series(session, item, ident, now)
-                existing = session.execute(_FIND_INSTANCE, {"b_series": series.id, "b_sop": sop_uid}).first()
+                # Core statements on the transaction's connection: the ORM's execute() path
+                # (bulk-persistence hooks, identity map) cost more than the statements.
+                conn = session.connection()
+                # The file is durable before this commit, and a lost row is rebuilt from the file at
+                # start (node.receive.reconcile): the commit need not be fsync'd (docs/receiving.md).
+                commit_without_fsync(conn)
+                series = self._lock_series(conn, item, ident, now)
+                existing = conn.execute(_FIND_INSTANCE, {"b_series": series.id, "b_sop": sop_uid}).first()
                 # The digest is ready long before the file is durable; the database work goes on meanwhile.
-                digest = pending.digest.result()
+                digest = pending.digest.result() if pending is not None else sha256_hex(item.data)
                 size = len(item.data)
                 common = Where(
                     series_uid=series_uid,
@@ -200,18 +224,22 @@ class Ingest:
                     calling_ae=item.calling_ae,
                     peer=item.peer,
                 )
-                if existing is not None and existing.sha256 == digest:
-                    audit.record(
-                        session,
+                if spooled is None and existing is not None and existing.sha256 == digest:
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_DUPLICATE,
                         "same bytes received again; acknowledged, not stored twice",
                         details={"size": size, "identical": True},
                         **common,
                     )
                     return Accepted("duplicate", series_uid, now, False)
-                if existing is not None and self._receive.duplicate_policy == "keep_first":
-                    audit.record(
-                        session,
+                if (
+                    spooled is None
+                    and existing is not None
+                    and self._receive.duplicate_policy == "keep_first"
+                ):
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_DUPLICATE,
                         "different bytes for a stored SOP Instance UID; kept the first (keep_first)",
                         details={
@@ -224,7 +252,7 @@ class Ingest:
                     )
                     return Accepted("kept_first", series_uid, now, False)
 
-                generation = self._start_follow_up_if_needed(session, series, common)
+                generation = self._start_follow_up_if_needed(conn, series, common)
                 file_columns = dict(
                     transfer_syntax_uid=item.transfer_syntax_uid,
                     size=size,
@@ -235,8 +263,8 @@ class Ingest:
                 outcome: Outcome
                 count = series.instance_count
                 if existing is None:
-                    written = Spool.relative_path(ident.study_uid, series_uid, sop_uid)
-                    session.execute(
+                    written = spooled or Spool.relative_path(ident.study_uid, series_uid, sop_uid)
+                    conn.execute(
                         _INSERT_INSTANCE,
                         dict(
                             series_id=series.id,
@@ -249,10 +277,10 @@ class Ingest:
                     )
                     count += 1
                     outcome = "stored"
-                    audit.record(
-                        session,
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_STORED,
-                        "",
+                        RECOVERED if spooled else "",
                         details={
                             "size": size,
                             "transfer_syntax": item.transfer_syntax_uid,
@@ -262,20 +290,22 @@ class Ingest:
                     )
                 else:
                     # Replace: the new file goes to a new path; the old one is removed after commit.
-                    written = Spool.relative_path(
+                    written = spooled or Spool.relative_path(
                         ident.study_uid, series_uid, sop_uid, _next_variant(existing.path)
                     )
                     obsolete = existing.path
-                    session.execute(
+                    conn.execute(
                         update(Instance)
                         .where(Instance.id == existing.id)
                         .values(path=written, **file_columns)
                     )
                     outcome = "replaced"
-                    audit.record(
-                        session,
+                    audit.record_core(
+                        conn,
                         Events.INSTANCE_REPLACED,
-                        "different bytes for a stored SOP Instance UID; replaced (policy replace)",
+                        RECOVERED
+                        if spooled
+                        else "different bytes for a stored SOP Instance UID; replaced (policy replace)",
                         details={
                             "size": size,
                             "old_sha256": existing.sha256,
@@ -286,15 +316,16 @@ class Ingest:
                     )
                 expected = ident.expected if ident.expected is not None else series.expected_count
                 # Safe read-modify-write: this transaction holds the series row's lock (_lock_series).
-                session.execute(_COUNT_SERIES, {"b_id": series.id, "b_count": count, "b_expected": expected})
+                conn.execute(_COUNT_SERIES, {"b_id": series.id, "b_count": count, "b_expected": expected})
                 # Last: wait until the file is durable, then rename it into place; the commit follows.
-                self._spool.place(pending.staged.result(), written)
+                if pending is not None:
+                    self._spool.place(pending.staged.result(), written)
                 result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
         except SpoolError as exc:
             logger.error("spool write failed for %s in series %s: %s", sop_uid, series_uid, exc)
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, str(exc)) from exc
         except SQLAlchemyError as exc:
-            if written is not None:
+            if written is not None and spooled is None:  # never remove a durable file found at start
                 self._spool.remove(written)
             if isinstance(exc, IntegrityError):
                 raise
@@ -304,16 +335,16 @@ class Ingest:
             self._spool.remove(obsolete)
         return result
 
-    def _lock_series(self, session: Session, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
+    def _lock_series(self, conn: Connection, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
         """The series row (id, state, generation, counts), created if new. An existing row is written
         first (UPDATE ... RETURNING) so that this transaction holds its lock (PostgreSQL row lock,
         SQLite's write lock) before its state is read. A completion racing with this instance then
         either happened before (this instance starts a follow-up) or sees the new last_received_at
         and does not complete."""
-        touched = session.execute(_TOUCH_SERIES, {"b_uid": ident.series_uid, "b_now": now}).first()
+        touched = conn.execute(_TOUCH_SERIES, {"b_uid": ident.series_uid, "b_now": now}).first()
         if touched is not None:
             return touched
-        return session.execute(
+        return conn.execute(
             insert(Series)
             .values(
                 series_uid=ident.series_uid,
@@ -330,12 +361,12 @@ class Ingest:
             .returning(*_SERIES_COLUMNS)
         ).one()
 
-    def _start_follow_up_if_needed(self, session: Session, series: SeriesRow, common: Where) -> int:
+    def _start_follow_up_if_needed(self, conn: Connection, series: SeriesRow, common: Where) -> int:
         """Returns the generation new instances belong to (a new one if the series had completed)."""
         if series.state == SeriesState.RECEIVING:
             return int(series.generation)
         generation = int(series.generation) + 1
-        session.execute(
+        conn.execute(
             update(Series)
             .where(Series.id == series.id)
             .values(
@@ -347,8 +378,8 @@ class Ingest:
                 files_deleted_at=None,
             )
         )
-        audit.record(
-            session,
+        audit.record_core(
+            conn,
             Events.SERIES_FOLLOW_UP,
             f"instance arrived after completion; follow-up generation {generation} started",
             details={"generation": generation},

@@ -65,7 +65,6 @@ import threading
 import time as _time
 import types
 import weakref
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -481,13 +480,22 @@ class HostLimitedServer(_transport.ThreadedAssociationServer):
     def __init__(self, *args: Any, max_per_host: int, on_refused: Callable[[str, int], None], **kwargs: Any):
         self.max_per_host = max_per_host
         self._on_refused = on_refused
-        self._starting: Counter[str] = Counter()
+        # Connections verified whose Association thread may not run yet, by (host, port).
+        self._starting: set[tuple[str, int]] = set()
         self._count_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def open_connections(self, host: str) -> int:
-        live = sum(1 for a in self.active_associations if _is_open(a) and a.requestor.address == host)
-        return live + self._starting[host]
+        """Open connections from `host`: those starting plus the live associations. A connection is
+        in both while its Association thread starts (assoc.start() runs inside process_request_thread),
+        so a live association still in `_starting` is counted once, not twice."""
+        starting = {peer for peer in self._starting if peer[0] == host}
+        live = sum(
+            1
+            for a in self.active_associations
+            if _is_open(a) and a.requestor.address == host and (host, a.requestor.port) not in starting
+        )
+        return live + len(starting)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
@@ -497,7 +505,7 @@ class HostLimitedServer(_transport.ThreadedAssociationServer):
                 refused = True
             else:
                 refused = False
-                self._starting[host] += 1
+                self._starting.add((host, int(client_address[1])))
         if refused:
             self._on_refused(host, count)
         return not refused
@@ -508,7 +516,7 @@ class HostLimitedServer(_transport.ThreadedAssociationServer):
             super().process_request_thread(request, client_address)
         finally:
             with self._count_lock:
-                self._starting[str(client_address[0])] -= 1
+                self._starting.discard((str(client_address[0]), int(client_address[1])))
 
 
 def start_server(

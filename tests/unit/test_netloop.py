@@ -11,6 +11,7 @@ import socket
 import socketserver
 import threading
 import time
+import types
 
 from pynetdicom import _config, association, dimse, dimse_messages, dul, fsm, transport
 
@@ -107,3 +108,39 @@ def test_fill_gives_up_at_the_deadline_without_changing_the_socket() -> None:
     assert right.gettimeout() is None  # still blocking for the threads that send on it
     left.close()
     right.close()
+
+
+class _FakeAssociation:
+    """What HostLimitedServer.open_connections reads of an association: the requestor and an open socket."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.requestor = types.SimpleNamespace(address=host, port=port)
+        self.dul = types.SimpleNamespace(socket=types.SimpleNamespace(socket=object()))
+
+
+class _CountingServer(netloop.HostLimitedServer):
+    """HostLimitedServer without a socket: its live associations are whatever the test says."""
+
+    def __init__(self, max_per_host: int) -> None:  # no super().__init__: no listening socket
+        self.max_per_host = max_per_host
+        self._on_refused = lambda host, count: None
+        self._starting = set()
+        self._count_lock = threading.Lock()
+        self.live: list[_FakeAssociation] = []
+
+    @property
+    def active_associations(self) -> list[_FakeAssociation]:  # type: ignore[override]
+        return self.live
+
+
+def test_a_starting_association_is_counted_once_per_host() -> None:
+    """While an Association thread starts, the connection is both "starting" and live (assoc.start()
+    runs inside process_request_thread): 8 senders at max_associations_per_host 8 were refused one."""
+    server = _CountingServer(max_per_host=2)
+    assert server.verify_request(None, ("127.0.0.2", 40001))
+    server.live.append(_FakeAssociation("127.0.0.2", 40001))  # its thread is running, not yet un-counted
+    assert server.open_connections("127.0.0.2") == 1
+    assert server.verify_request(None, ("127.0.0.2", 40002))  # the second of two is allowed
+    server.live.append(_FakeAssociation("127.0.0.2", 40002))
+    assert not server.verify_request(None, ("127.0.0.2", 40003))  # the third is not
+    assert server.open_connections("127.0.0.3") == 0  # another host is not affected

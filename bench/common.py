@@ -28,11 +28,11 @@ from tests.peers import (
     REPO_ROOT,
     Orthanc,
     StoreScp,
-    _stop,
-    _wait_until,
     free_port,
     require_binary,
+    stop_process,
     tcp_accepts,
+    wait_until_started,
 )
 
 BENCH_CACHE = REPO_ROOT / ".cache" / "bench"
@@ -253,10 +253,10 @@ def routing_orthanc(work: Path, destination: StoreScp, stable_age: int = 1) -> I
         return tcp_accepts(dicom_port)
 
     try:
-        _wait_until(ready, f"Orthanc (HTTP {http_port}, DICOM {dicom_port})", proc, log)
+        wait_until_started(ready, f"Orthanc (HTTP {http_port}, DICOM {dicom_port})", proc, log)
         yield orthanc
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # ---- memory ----

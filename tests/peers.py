@@ -125,7 +125,7 @@ def tcp_accepts(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _wait_until(condition: object, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_until_started(condition: object, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     assert callable(condition)
     while time.monotonic() < deadline:
@@ -144,7 +144,7 @@ def _tail(log: Path, chars: int = 2000) -> str:
         return "(no log)"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -192,10 +192,10 @@ def run_storescp(
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TCP_NODELAY": "1"})
     try:
-        _wait_until(lambda: tcp_accepts(port), f"storescp on port {port}", proc, log)
+        wait_until_started(lambda: tcp_accepts(port), f"storescp on port {port}", proc, log)
         yield StoreScp(port=port, ae_title=ae_title, out_dir=out_dir, log=log, process=proc)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @dataclass
@@ -330,10 +330,10 @@ def run_orthanc(
         return tcp_accepts(dicom_port)
 
     try:
-        _wait_until(ready, f"Orthanc (HTTP {http_port}, DICOM {dicom_port})", proc, log)
+        wait_until_started(ready, f"Orthanc (HTTP {http_port}, DICOM {dicom_port})", proc, log)
         yield orthanc
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def unpack_ct(name: str) -> Path:

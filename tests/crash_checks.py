@@ -276,7 +276,8 @@ def _stored_events(session: Session) -> dict[str, list[int]]:
     out: dict[str, list[int]] = defaultdict(list)
     query = select(AuditEvent.sop_instance_uid, AuditEvent.id).where(AuditEvent.event.in_(STORED_EVENTS))
     for uid, event_id in session.execute(query):
-        out[uid].append(event_id)
+        if uid is not None:
+            out[uid].append(event_id)
     return out
 
 

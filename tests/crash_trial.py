@@ -165,13 +165,18 @@ def run_trial(
 
             node.start()
             report.restart_seconds = clock() - report.killed_at
-            wait_for(
-                lambda: _all_delivered(modalities, destination, by_uid, sessions),
-                timeout,
-                "every instance acknowledged and delivered after the restart",
-            )
+            deadline = time.monotonic() + timeout
+            while not _all_delivered(modalities, destination, by_uid, sessions):
+                if time.monotonic() > deadline:
+                    report.problems.append(
+                        f"{timeout:g} s after the restart, still waiting for: "
+                        + _still_missing(modalities, destination, by_uid, sessions)
+                    )
+                    break
+                time.sleep(0.05)  # poll interval; the condition decides
             report.recover_seconds = clock() - report.killed_at
             for modality in modalities:
+                modality.stop()
                 modality.join(timeout)
                 if modality.error:
                     report.problems.append(modality.error)
@@ -206,6 +211,25 @@ def _all_delivered(
         generations = sum(session.scalars(select(Series.generation)))
         states = list(session.scalars(select(Job.state).where(Job.kind == JobKind.DELIVER)))
     return len(states) == generations and all(s == JobState.DONE for s in states)
+
+
+def _still_missing(
+    modalities: Sequence[RetryingModality],
+    destination: _Destination,
+    by_uid: dict[str, SourceInstance],
+    sessions: sessionmaker[Session],
+) -> str:
+    parts = [f"{m.ae_title}: {len(m.pending())} unacknowledged" for m in modalities if m.pending()]
+    absent = sorted(set(by_uid) - destination.uids())
+    if absent:
+        parts.append(f"{len(absent)} instances not at the destination (first {absent[0]})")
+    with sessions() as session:
+        states = [
+            f"delivery {j.id} gen {j.generation} {j.state}"
+            for j in session.scalars(select(Job))
+            if j.kind == JobKind.DELIVER and j.state != JobState.DONE
+        ]
+    return "; ".join(parts + states) or "the delivery jobs of every generation"
 
 
 def _final_checks(

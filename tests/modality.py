@@ -95,6 +95,11 @@ class RetryingModality(threading.Thread):
         self.idle = threading.Event()
         self.idle.set()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Give up after the current pass (the caller has stopped waiting)."""
+        self._stopping.set()
 
     def acknowledged(self) -> dict[str, Ack]:
         with self._lock:
@@ -107,6 +112,9 @@ class RetryingModality(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.give_up_after
         while pending := self.pending():
+            if self._stopping.is_set():
+                self.error = f"{self.ae_title}: stopped with {len(pending)} instances unacknowledged"
+                return
             if time.monotonic() > deadline:
                 self.error = (
                     f"{self.ae_title}: gave up after {self.give_up_after:g} s with {len(pending)} of "
@@ -115,7 +123,7 @@ class RetryingModality(threading.Thread):
                 return
             assoc = self._associate()
             if assoc is None:
-                time.sleep(RECONNECT_INTERVAL)
+                self._stopping.wait(RECONNECT_INTERVAL)
                 continue
             self.passes += 1
             try:

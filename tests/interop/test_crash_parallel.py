@@ -33,7 +33,7 @@ def test_kill9_during_parallel_transfers_loses_nothing_acknowledged(
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     seed = SEED + (0 if phase == "receive" else 1)
     print(f"crash trial seed {seed} (replay: CRASH_SEED={SEED})")
-    report = run_trial(tmp_path, seed, phase, load_sources(SERIES))
+    report = run_trial(tmp_path, seed, phase, load_sources(SERIES), timeout=60)
     print(report.line())
     assert report.acknowledged_at_kill > 0
     if phase == "deliver":

@@ -11,6 +11,7 @@ A trial is replayed by its seed: the seed draws the kill point and the jitter af
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -29,14 +30,18 @@ from node.db.session import make_engine, make_session_factory
 from tests import crash_checks as checks
 from tests.interop.e2e import write_rules
 from tests.modality import Ack, RetryingModality, SourceInstance
-from tests.nodeutil import NodeProcess, node_process_settings, wait_for
+from tests.nodeutil import NodeProcess, node_process_settings
 from tests.peers import free_port, run_storescp
 
 Phase = Literal["receive", "deliver"]
 DESTINATION = "archive"
-# Up to this long after the kill point is reached, drawn by the seed, so that the kill lands anywhere
-# in the handling of the instances in flight, not always right after a status was read.
+# Up to this long after the kill point is reached (while receiving), drawn by the seed, so that the
+# kill lands anywhere in the handling of the instances in flight, not always right after a status was
+# read. While delivering there is none: the node forwards about one instance per 5-10 ms, and a later
+# kill would often come after the last one.
 MAX_JITTER_SECONDS = 0.03
+# How often the destination folder is counted while waiting for the delivery kill point.
+DELIVERY_POLL_SECONDS = 0.002
 
 
 @dataclass
@@ -91,6 +96,14 @@ class _Destination:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._uids: dict[Path, str] = {}
+
+    def wait_for_count(self, target: int, timeout: float) -> None:
+        """Until storescp has written `target` files (counted often: the kill point must not drift)."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for _ in os.scandir(self.folder)) < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {target} instances delivered")
+            time.sleep(DELIVERY_POLL_SECONDS)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.rglob("*") if p.is_file())
@@ -150,9 +163,11 @@ def run_trial(
                 progress.wait_for(target, timeout)
                 report.kill_point = f"after {target} success statuses"
             else:
-                wait_for(lambda: len(destination.files()) >= target, timeout, f"{target} instances delivered")
+                destination.wait_for_count(target, timeout)
                 report.kill_point = f"after {target} instances reached the destination"
-            time.sleep(rng.uniform(0, MAX_JITTER_SECONDS))
+            jitter = rng.uniform(0, MAX_JITTER_SECONDS)
+            if phase == "receive":
+                time.sleep(jitter)
             node.kill9()
             report.killed_at = clock()
             for modality in modalities:

@@ -28,7 +28,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from node import audit, jobs
@@ -155,8 +155,21 @@ class Router:
         # Without a rules file nothing was decided: the series stays `complete`, so that retention keeps
         # its files until rules route it (`deliveries retry ROUTE_JOB --force`).
         decided = decision.routing is not None
-        if decided and series.state == SeriesState.COMPLETE and series.generation == job.generation:
-            series.state = SeriesState.ROUTED
+        if decided:
+            # Conditional in the database, not on the row read above: an instance that arrived while this
+            # generation was analysed may have started a follow-up (state receiving, generation + 1), and
+            # overwriting that with `routed` would leave the follow-up never completed nor forwarded
+            # (found by scripts/crash_soak.py; tests/integration/test_follow_up_during_route.py).
+            session.execute(
+                update(Series)
+                .where(
+                    Series.id == series.id,
+                    Series.state == SeriesState.COMPLETE,
+                    Series.generation == job.generation,
+                )
+                .values(state=SeriesState.ROUTED)
+                .execution_options(synchronize_session=False)
+            )
         jobs.finish(session, job)
         session.commit()
         logger.info("series %s generation %d: %s", series.series_uid, job.generation, decision.summary())

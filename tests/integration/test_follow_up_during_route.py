@@ -1,7 +1,8 @@
 """A follow-up instance that arrives while the previous generation is being routed must still be
 delivered (docs/operations.md, "Late instances"). Found by scripts/crash_soak.py: after a kill -9 the
 restarted node completes a partial series at once, and the sender's re-sent instances start a follow-up
-while generation 1 is routed."""
+while generation 1 is routed. Router._write checked `state == complete` on the row it had read and then
+wrote `routed` by id, overwriting the follow-up's `receiving`; it now writes with a conditional UPDATE."""
 
 from __future__ import annotations
 
@@ -21,18 +22,6 @@ from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wai
 from tests.peers import in_process_scp
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "node/routing.py Router._write reads the series row, checks `state == complete and generation "
-        "== job.generation` in Python, then writes state = routed with an UPDATE ... WHERE id only. An "
-        "instance that starts the follow-up (state receiving, generation 2) between that read and the "
-        "write is overwritten (SQLite: pysqlite runs the SELECT outside a transaction; PostgreSQL read "
-        "committed alike); generation 2's timer then finds no receiving series and its acknowledged "
-        "instances are never forwarded. Fix: a conditional UPDATE series SET state = 'routed' WHERE "
-        "id = ? AND state = 'complete' AND generation = job.generation"
-    ),
-)
 def test_follow_up_arriving_while_the_first_generation_is_routed_is_delivered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import subprocess
 import threading
@@ -30,9 +29,7 @@ from tests.peers import (
     StoreScp,
     free_port,
     require_binary,
-    stop_process,
-    tcp_accepts,
-    wait_until_started,
+    run_orthanc,
 )
 
 BENCH_CACHE = REPO_ROOT / ".cache" / "bench"
@@ -222,41 +219,16 @@ end
 def routing_orthanc(work: Path, destination: StoreScp, stable_age: int = 1) -> Iterator[Orthanc]:
     """Orthanc (no DICOMweb) whose Lua OnStableSeries sends each stable series to `destination` (a
     storescp known as modality "dest"), with StableAge `stable_age` seconds."""
-    binary = require_binary("Orthanc")
     work.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
     lua = work / "route.lua"
     lua.write_text(ROUTE_LUA.format(name="dest"))
-    config = {
-        "Name": "bench-orthanc", "StorageDirectory": str(work / "storage"),
-        "IndexDirectory": str(work / "index"),
-        "StorageCompression": False, "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True, "DicomCheckModalityHost": False, "SaveJobs": False,
-        "DicomModalities": {"dest": [destination.ae_title, "127.0.0.1", destination.port]},
-        "StableAge": stable_age, "LuaScripts": [str(lua)],
-    }
-    config_path = work / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    log = work / "orthanc.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen([binary, str(config_path)], stdout=log_file, stderr=subprocess.STDOUT,
-                                cwd=work, env={**os.environ, "TCP_NODELAY": "1"})
-    orthanc = Orthanc(aet="ORTHANC", dicom_port=dicom_port, http_port=http_port, work_dir=work, log=log,
-                      process=proc)
-
-    def ready() -> bool:
-        try:
-            orthanc.rest.system()
-        except (OSError, ValueError):
-            return False
-        return tcp_accepts(dicom_port)
-
-    try:
-        wait_until_started(ready, f"Orthanc (HTTP {http_port}, DICOM {dicom_port})", proc, log)
+    with run_orthanc(
+        work,
+        known_modalities={"dest": (destination.ae_title, "127.0.0.1", destination.port)},
+        dicomweb=False,
+        extra_config={"StableAge": stable_age, "LuaScripts": [str(lua)]},
+    ) as orthanc:
         yield orthanc
-    finally:
-        stop_process(proc)
 
 
 # ---- memory ----

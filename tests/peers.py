@@ -278,10 +278,12 @@ def run_orthanc(
     always_allow_store: bool = True,
     dicomweb: bool = True,
     users: dict[str, str] | None = None,
+    extra_config: dict[str, object] | None = None,
 ) -> Iterator[Orthanc]:
     """Orthanc with its storage and SQLite index in work_dir. known_modalities: name -> (AE, host, port).
     With always_allow_store False, only known modalities may store. users: user name -> password:
-    HTTP basic authentication on (REST and DICOMweb); off without. Waits for GET /system."""
+    HTTP basic authentication on (REST and DICOMweb); off without. extra_config: more configuration keys
+    (e.g. StableAge, LuaScripts). Waits for GET /system."""
     binary = require_binary("Orthanc")
     plugins: list[str] = []
     if dicomweb:
@@ -310,6 +312,7 @@ def run_orthanc(
         "SaveJobs": False,
         "Plugins": plugins,
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
+        **(extra_config or {}),
     }
     config_path = work_dir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -33,6 +34,15 @@ from tests.peers import (
 )
 
 BENCH_CACHE = REPO_ROOT / ".cache" / "bench"
+
+
+def print_medians(rates: dict[str, list[float]], title: str) -> dict[str, float]:
+    """Print the median of each receiver's runs as a table under `title`; return the medians."""
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\n{title:<19} images/s")
+    for name, value in median.items():
+        print(f"{name:<19} {value:8.0f}")
+    return median
 
 
 def storescu_seconds(files: list[Path], port: int, called_ae: str, extra: tuple[str, ...] = ()) -> float:

@@ -24,7 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import durable_write_rate, parallel_storescu_seconds, synthetic_series  # noqa: E402
+from bench.common import (  # noqa: E402
+    durable_write_rate,
+    parallel_storescu_seconds,
+    print_medians,
+    synthetic_series,
+)
 from tests.nodeutil import node_process  # noqa: E402
 from tests.peers import ct_files, free_port, run_orthanc, run_storescp  # noqa: E402
 
@@ -72,10 +77,7 @@ def one_association(args: argparse.Namespace) -> None:
                 rates[name].append(receive(Path(tmp), [files]))
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()))
 
-    median = {k: statistics.median(v) for k, v in rates.items()}
-    print("\nreceiver            images/s")
-    for name, value in median.items():
-        print(f"{name:<19} {value:8.0f}")
+    median = print_medians(rates, "receiver")
     print(f"\nnode / fdatasync ceiling = {median['node'] / median['fdatasync ceiling']:.2f}")
     print(f"node / storescp          = {median['node'] / median['storescp']:.2f}")
     if "orthanc" in median:

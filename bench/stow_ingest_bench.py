@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import print_medians  # noqa: E402
 from tests.peers import ct_files, run_orthanc  # noqa: E402
 
 BOUNDARY = "bench-stow-boundary"
@@ -181,10 +181,7 @@ def main() -> int:
             finally:
                 peaks.append(node.stop())
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()))
-    median = {k: statistics.median(v) for k, v in rates.items()}
-    print("\nreceiver (STOW-RS)  images/s")
-    for name, value in median.items():
-        print(f"{name:<19} {value:8.0f}")
+    median = print_medians(rates, "receiver (STOW-RS)")
     print(f"\nnode / orthanc = {median['node'] / median['orthanc']:.2f}")
     print(f"node peak RSS: {max(peaks):.0f} MB")
     return 0

@@ -228,10 +228,10 @@ class NodeService:
 
     # -- the HTTP side ---------------------------------------------------------------------------
 
-    def _build_web(self) -> WebServer:
-        routes = [*health_routes(self.liveness, self.readiness), *metrics_routes(self.metrics)]
-        # STOW-RS in: built at start, so that unusable auth settings stop the node (ConfigError).
-        extra = stow_routes(
+    def stow_routes(self) -> list[Any]:
+        """The STOW-RS routes wired to this node's ingest, spool, tracker and metrics (ConfigError for
+        unusable auth settings)."""
+        return stow_routes(
             self.ingest,
             self.spool,
             self.settings.web,
@@ -240,6 +240,11 @@ class NodeService:
             max_instance_bytes=self.settings.receive.max_instance_bytes,
             metrics=self.metrics,
         )
+
+    def _build_web(self) -> WebServer:
+        routes = [*health_routes(self.liveness, self.readiness), *metrics_routes(self.metrics)]
+        # STOW-RS in: built at start, so that unusable auth settings stop the node (ConfigError).
+        extra = self.stow_routes()
         for warning in auth_warnings(self.settings.web):
             logger.warning("web: %s", warning)
         return WebServer(self.settings.web, build_app(routes, extra))

@@ -17,7 +17,6 @@ from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 
 from node.app import NodeService
-from node.web.stow import stow_routes
 from tests.nodeutil import wait_for
 
 BOUNDARY = "node-test-boundary-7f3a"
@@ -42,16 +41,8 @@ def serve(app: Starlette) -> Iterator[str]:
 
 
 def stow_app(service: NodeService) -> Starlette:
-    """The STOW-RS routes of a running node, wired like the node's HTTP server wires them."""
-    routes = stow_routes(
-        service.ingest,
-        service.spool,
-        service.settings.web,
-        on_stored=service.tracker.instance_stored,
-        sessions=service.sessions,
-        max_instance_bytes=service.settings.receive.max_instance_bytes,
-    )
-    return Starlette(routes=routes)
+    """The STOW-RS routes of a running node, wired as the node's HTTP server wires them."""
+    return Starlette(routes=service.stow_routes())
 
 
 def part10(ds: Dataset) -> bytes:

@@ -29,7 +29,13 @@ from node.classify.factory import build_analyser
 from node.config import Settings
 from node.db.migrate import check_schema, upgrade
 from node.db.models import JobKind
-from node.db.session import display_url, make_engine, make_session_factory, sqlite_path
+from node.db.session import (
+    display_url,
+    make_engine,
+    make_session_factory,
+    receive_session_factory,
+    sqlite_path,
+)
 from node.deliver.base import Sender
 from node.deliver.deliverer import Deliverer
 from node.deliver.dimse import DimseSender
@@ -118,7 +124,11 @@ class NodeService:
             self.sessions, self.settings.completion, self.wake_router.set, metrics=self.metrics
         )
         self.ingest = Ingest(
-            self.sessions, self.spool, self.settings.receive, self.settings.completion, metrics=self.metrics
+            receive_session_factory(self.settings.resolved_database_url, self.sessions),
+            self.spool,
+            self.settings.receive,
+            self.settings.completion,
+            metrics=self.metrics,
         )
         route, forward = self.settings.route, self.settings.forward
         self.router = Router(

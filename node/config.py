@@ -63,6 +63,9 @@ class ReceiveSettings(_Strict):
     network_timeout: float = Field(60.0, gt=0)
     # pynetdicom polls its sockets with a sleep per loop; see node/pynetdicom_tuning.py.
     poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
+    # C-STORE data read and answered below pynetdicom's DIMSE layer (node/receive/wire.py); false:
+    # every request goes through pynetdicom (slower; the same checks and answers).
+    fast_path: bool = True
 
     @field_validator("ae_title")
     @classmethod

@@ -57,6 +57,7 @@ so that the SCP can audit it.
 from __future__ import annotations
 
 import logging
+import queue
 import select
 import socket
 import ssl
@@ -253,7 +254,8 @@ def _association_rq_problem(pdu: A_ASSOCIATE_RQ) -> str | None:
 
 def _read_pdu(self: _dul.DULServiceProvider) -> None:
     """DULServiceProvider._read_pdu_data with caps, deadlines and answers to malformed PDUs; the
-    events it queues for the state machine are pynetdicom's (Evt17 closed, Evt3-16 per PDU type)."""
+    events it queues for the state machine are pynetdicom's (Evt17 closed, Evt3-16 per PDU type).
+    A P-DATA-TF PDU of an established association with a P-DATA interceptor goes to it first."""
     transport = self.socket
     sock = transport.socket if transport is not None else None
     if transport is None or sock is None:
@@ -264,45 +266,110 @@ def _read_pdu(self: _dul.DULServiceProvider) -> None:
         _ORIGINAL_READ_PDU(self)
         return
     state = self.state_machine.current_state
-    deadline = _deadline(self)
+    data = _read_whole_pdu(self, sock, state)
+    if data is None:
+        return
+    interceptor = _INTERCEPTORS.get(self.assoc)
+    if interceptor is not None and data[0] == P_DATA_TF_TYPE and state == "Sta6":
+        data = interceptor(
+            data,
+            lambda: _read_whole_pdu(self, sock, state),
+            lambda why: _abort(self, REASON_INVALID_PARAMETER, why),
+            _dimse_idle(self),
+        )
+        if data is None:
+            return
+    _dispatch_pdu(self, data)
+
+
+def _read_whole_pdu(dul: _dul.DULServiceProvider, sock: socket.socket, state: str) -> bytearray | None:
+    """The next whole PDU (header included), or None when it could not be read: the peer closed,
+    a deadline passed, the type is unknown or the length over the limit (each already answered:
+    Evt17 queued, or A-ABORT sent and the connection closed)."""
+    deadline = _deadline(dul)
     header = bytearray(6)
     got = fill(sock, memoryview(header), deadline)
     if got is None:
-        _timed_out(self, "a PDU header")
-        return
+        _timed_out(dul, "a PDU header")
+        return None
     if got < 6:
-        _peer_closed(self)
-        return
+        _peer_closed(dul)
+        return None
     pdu_type, _, length = struct.unpack(">BBL", header)
     name = _PDU_NAMES.get(pdu_type)
     if name is None:
-        _abort(self, REASON_UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
-        return
-    limit = _limit(self, pdu_type, state)
+        _abort(dul, REASON_UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X}")
+        return None
+    limit = _limit(dul, pdu_type, state)
     if length > limit:
-        _abort(self, REASON_INVALID_PARAMETER, f"{name} declares {length} bytes, more than the limit {limit}")
-        return
+        _abort(dul, REASON_INVALID_PARAMETER, f"{name} declares {length} bytes, more than the limit {limit}")
+        return None
     data = bytearray(6 + length)
     data[:6] = header
     got = fill(sock, memoryview(data)[6:], deadline)
     if got is None:
-        _timed_out(self, f"a {length}-byte {name}")
-        return
+        _timed_out(dul, f"a {length}-byte {name}")
+        return None
     if got < length:
-        _peer_closed(self)
-        return
+        _peer_closed(dul)
+        return None
+    return data
+
+
+def _dispatch_pdu(dul: _dul.DULServiceProvider, data: bytearray) -> None:
+    """Decode a whole PDU and queue it for pynetdicom's state machine (or answer it if malformed)."""
+    name = _PDU_NAMES.get(data[0], "PDU")
     try:
-        pdu, event = self._decode_pdu(data)
+        pdu, event = dul._decode_pdu(data)
     except _DECODE_ERRORS as exc:
-        _abort(self, REASON_INVALID_PARAMETER, f"undecodable {name}: {type(exc).__name__}")
+        _abort(dul, REASON_INVALID_PARAMETER, f"undecodable {name}: {type(exc).__name__}")
         return
     if isinstance(pdu, A_ASSOCIATE_RQ):
         problem = _association_rq_problem(pdu)
         if problem is not None:
-            _abort(self, REASON_INVALID_PARAMETER, problem)
+            _abort(dul, REASON_INVALID_PARAMETER, problem)
             return
-    self.event_queue.put(event)
-    self._recv_pdu.put(pdu)
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+# -- 3b. P-DATA interceptors (the C-STORE receive fast path, node/receive/wire.py) --------------------
+
+# interceptor(pdu, read_next, abort, pynetdicom_idle) -> the PDU pynetdicom must still handle, or None.
+PDataInterceptor = Callable[
+    [bytearray, Callable[[], "bytearray | None"], Callable[[str], None], bool], "bytearray | None"
+]
+_INTERCEPTORS: weakref.WeakKeyDictionary[Association, PDataInterceptor] = weakref.WeakKeyDictionary()
+
+
+# How long the acceptor's reactor waits for a DIMSE message per loop when an interceptor serves
+# the association's C-STOREs (it also checks for release and abort once per loop).
+_REACTOR_WAIT = 0.002
+
+
+def intercept_pdata(assoc: Association, interceptor: PDataInterceptor) -> None:
+    """Offer every P-DATA-TF PDU of `assoc` (plain TCP, Sta6) to `interceptor` before pynetdicom.
+
+    The association's reactor thread then waits on its message queue instead of polling it every
+    0.1 ms (the capped sleep of 2.): the interceptor runs on the DUL thread, and a reactor waking
+    10,000 times a second took the GIL from it (one association: 47 against 86 images/s)."""
+    _INTERCEPTORS[assoc] = interceptor
+    queue_ = assoc.dimse.msg_queue
+
+    def get_msg(block: bool = False) -> Any:
+        try:
+            return queue_.get(block=True, timeout=None if block else _REACTOR_WAIT)
+        except queue.Empty:
+            return None, None
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def _dimse_idle(dul: _dul.DULServiceProvider) -> bool:
+    """pynetdicom is between DIMSE messages: no message half assembled, no data set being dropped,
+    no PDU waiting for the state machine. Only then may a PDU start a message outside it."""
+    dimse = dul.assoc.dimse
+    return dimse.message is None and dimse not in _DISCARDING and dul.event_queue.empty()
 
 
 def _peer_closed(dul: _dul.DULServiceProvider) -> None:

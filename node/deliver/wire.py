@@ -33,9 +33,21 @@ from typing import BinaryIO
 
 from pynetdicom.association import Association
 
+from node.dimse_encoding import (
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    C_STORE_RQ,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    MESSAGE_ID,
+    PRIORITY,
+    command_set,
+    pdata_header,
+    uid_bytes,
+)
+
 _PREAMBLE = 128
 _PRIORITY_LOW = 0x0002  # what pynetdicom's send_c_store sends by default
-_C_STORE_RQ = 0x0001
 _DATA_SET_PRESENT = 0x0001  # any value but 0x0101; pynetdicom sends 0x0001
 _READ_UNLIMITED = 1 << 20  # chunk size when the peer sets no maximum PDU length
 
@@ -77,35 +89,18 @@ def _offset_from_head(head: bytes) -> int | None:
     return _PREAMBLE + 16 + group_length
 
 
-def _element(element: int, value: bytes) -> bytes:
-    """A group 0000 element, Implicit VR Little Endian."""
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _uid(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def c_store_command(sop_class_uid: str, sop_instance_uid: str, message_id: int) -> bytes:
     """The encoded command set of a C-STORE-RQ with a data set, low priority."""
-    body = b"".join(
-        (
-            _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
-            _element(0x0100, struct.pack("<H", _C_STORE_RQ)),  # Command Field
-            _element(0x0110, struct.pack("<H", message_id)),  # Message ID
-            _element(0x0700, struct.pack("<H", _PRIORITY_LOW)),  # Priority
-            _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),  # Command Data Set Type
-            _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
-        )
+    return command_set(
+        [
+            (AFFECTED_SOP_CLASS_UID, uid_bytes(sop_class_uid)),
+            (COMMAND_FIELD, struct.pack("<H", C_STORE_RQ)),
+            (MESSAGE_ID, struct.pack("<H", message_id)),
+            (PRIORITY, struct.pack("<H", _PRIORITY_LOW)),
+            (COMMAND_DATA_SET_TYPE, struct.pack("<H", _DATA_SET_PRESENT)),
+            (AFFECTED_SOP_INSTANCE_UID, uid_bytes(sop_instance_uid)),
+        ]
     )
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def pdata_header(context_id: int, control: int, length: int) -> bytes:
-    """P-DATA-TF PDU header with one PDV item of `length` data bytes (PS3.8 9.3.5)."""
-    item_length = length + 2
-    return struct.pack(">BBIIBB", 0x04, 0x00, item_length + 4, item_length, context_id, control)
 
 
 class WireStore:

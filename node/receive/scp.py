@@ -7,7 +7,6 @@ the database row. Completion timers are re-armed through the tracker (a schedule
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -47,15 +47,17 @@ from node.pynetdicom_tuning import (
     abort_associations,
     close_unnegotiated,
     established,
+    intercept_pdata,
     start_server,
     tune_association,
 )
-from node.receive.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
+from node.receive import cstore
+from node.receive.cstore import OnStored, StoreRequest
+from node.receive.ingest import Ingest
+from node.receive.wire import StoreReceiver
 
 logger = logging.getLogger(__name__)
 
-# (series UID, time of the last instance, expected count reached): re-arms the completion timer.
-OnStored = Callable[[str, dt.datetime, bool], None]
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -110,35 +112,52 @@ def handle_echo(event: evt.Event) -> int:
     return 0x0000
 
 
-def handle_store(
-    event: evt.Event, ingest: Ingest, on_stored: Callable[[str, object, bool], None]
-) -> int | Dataset:
-    calling_ae = event.assoc.requestor.ae_title.strip()
-    peer = _peer(event)
-    try:
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-    except Exception as exc:  # pydicom raises assorted errors on garbage; answer "cannot understand"
-        rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
-        ingest.audit_rejection(Received(b"", Dataset(), "", calling_ae, peer), rejected)
-        return _status(rejected.status, rejected.reason)
-    request = cast(C_STORE, event.request)
-    item = Received(
-        data=event.encoded_dataset(),
-        dataset=dataset,
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        calling_ae=calling_ae,
-        peer=peer,
-        called_ae=_called_ae(event),
-        command_sop_class_uid=str(request.AffectedSOPClassUID),
-        command_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+def store_request(
+    assoc: Association, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str
+) -> StoreRequest:
+    requestor = assoc.requestor
+    primitive = requestor.primitive
+    return StoreRequest(
+        calling_ae=str(requestor.ae_title).strip(),
+        called_ae=str(primitive.called_ae_title).strip() if primitive is not None else None,
+        peer=f"{requestor.address}:{requestor.port}",
+        transfer_syntax_uid=transfer_syntax,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
     )
-    try:
-        accepted = ingest.accept(item)
-    except RejectedInstance as exc:
-        return _status(exc.status, exc.reason)
-    on_stored(accepted.series_uid, accepted.last_received_at, accepted.expected_count_reached)
-    return 0x0000
+
+
+def handle_store(event: evt.Event, ingest: Ingest, on_stored: OnStored) -> int | Dataset:
+    """EVT_C_STORE: a C-STORE that came through pynetdicom's DIMSE layer (fast path off, or a request
+    the fast path left to pynetdicom)."""
+    request = cast(C_STORE, event.request)
+    store_req = store_request(
+        event.assoc,
+        str(event.context.transfer_syntax),
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+    )
+    data_set = request.DataSet.getvalue() if request.DataSet is not None else b""
+    answer = cstore.store(ingest, on_stored, store_req, data_set)
+    return answer.status if answer.comment is None else _status(answer.status, answer.comment)
+
+
+def fast_path_handler(
+    ingest: Ingest, on_stored: OnStored, max_instance_bytes: int
+) -> Callable[[evt.Event], None]:
+    """An EVT_CONN_OPEN handler giving each plain-TCP association the C-STORE receive fast path."""
+
+    def on_open(event: evt.Event) -> None:
+        receiver = StoreReceiver(
+            event.assoc,
+            store=lambda request, data_set: cstore.store(ingest, on_stored, request, data_set),
+            too_large=lambda request, size: cstore.too_large(ingest, request, size, max_instance_bytes),
+            max_instance_bytes=max_instance_bytes,
+            request_for=store_request,
+        )
+        intercept_pdata(event.assoc, receiver.take)
+
+    return on_open
 
 
 class AssociationPolicy:
@@ -267,6 +286,10 @@ class StorageSCP:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ingest, on_stored]),
         ]
+        if settings.fast_path:
+            self._handlers.append(
+                (evt.EVT_CONN_OPEN, fast_path_handler(ingest, on_stored, settings.max_instance_bytes))
+            )
         self._server: HostLimitedServer | None = None
 
     def start(self) -> int:

@@ -1,0 +1,126 @@
+"""One C-STORE request, whichever receive path read it: pynetdicom's (node/receive/scp.py
+`handle_store`) or the node's own (node/receive/wire.py). Both hand over the same things, the request's
+identifiers and the encoded data set as sent, and get back the status to answer.
+
+The Part 10 file is the data set as sent behind a File Meta Information group encoded here (what
+pynetdicom's `event.encoded_dataset()` writes); the header is decoded lazily by pynetdicom's `decode`,
+as `event.dataset` does, so both paths see the same Dataset. The Dataset gets no `file_meta`: Ingest
+does not read it, and building it cost 0.3 ms per instance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import decode
+
+from node.dimse_encoding import text_bytes, uid_bytes
+from node.receive.ingest import (
+    STATUS_CANNOT_DECODE,
+    STATUS_OUT_OF_RESOURCES,
+    Ingest,
+    Received,
+    RejectedInstance,
+)
+
+# (series UID, time of the last instance, expected count reached): re-arms the completion timer.
+OnStored = Callable[[str, dt.datetime, bool], None]
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+# ErrorComment is LO: at most 64 characters.
+ERROR_COMMENT_MAX = 64
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What a C-STORE-RQ and its association say about the instance that follows."""
+
+    calling_ae: str
+    called_ae: str | None
+    peer: str
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class StoreAnswer:
+    status: int
+    comment: str | None = None
+
+
+SUCCESS = StoreAnswer(0x0000)
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """A group 0002 element, Explicit VR Little Endian (OB has a 4-byte length, the others 2)."""
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def part10_prefix(request: StoreRequest) -> bytes:
+    """Preamble, 'DICM' and the File Meta Information for the request's data set (PS3.10 7.1)."""
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", uid_bytes(request.sop_class_uid)),
+            _meta_element(0x0003, b"UI", uid_bytes(request.sop_instance_uid)),
+            _meta_element(0x0010, b"UI", uid_bytes(request.transfer_syntax_uid)),
+            _meta_element(0x0012, b"UI", uid_bytes(PYNETDICOM_IMPLEMENTATION_UID)),
+            _meta_element(0x0013, b"SH", text_bytes(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        )
+    )
+    return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def store(
+    ingest: Ingest, on_stored: OnStored, request: StoreRequest, data_set: bytes | bytearray
+) -> StoreAnswer:
+    """Decode the header, store durably (Ingest.accept) and say what to answer. Never raises for bad
+    input: a data set that cannot be decoded is 0xC210, a refused one its RejectedInstance status;
+    both are audited by Ingest."""
+    transfer_syntax = UID(request.transfer_syntax_uid)
+    try:
+        dataset = decode(
+            BytesIO(data_set),
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            transfer_syntax.is_deflated,
+        )
+    except Exception as exc:  # pydicom raises assorted errors on garbage: answer "cannot understand"
+        rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
+        ingest.audit_rejection(Received(b"", Dataset(), "", request.calling_ae, request.peer), rejected)
+        return StoreAnswer(rejected.status, rejected.reason)
+    item = Received(
+        data=part10_prefix(request) + data_set,
+        dataset=dataset,
+        transfer_syntax_uid=request.transfer_syntax_uid,
+        calling_ae=request.calling_ae,
+        peer=request.peer,
+        called_ae=request.called_ae,
+        command_sop_class_uid=request.sop_class_uid,
+        command_sop_instance_uid=request.sop_instance_uid,
+    )
+    try:
+        accepted = ingest.accept(item)
+    except RejectedInstance as exc:
+        return StoreAnswer(exc.status, exc.reason)
+    on_stored(accepted.series_uid, accepted.last_received_at, accepted.expected_count_reached)
+    return SUCCESS
+
+
+def too_large(ingest: Ingest, request: StoreRequest, size: int, limit: int) -> StoreAnswer:
+    """The answer to a data set that was dropped while it arrived because it passed `limit` bytes."""
+    rejected = RejectedInstance(
+        STATUS_OUT_OF_RESOURCES, f"instance of {size} bytes exceeds max_instance_bytes {limit}"
+    )
+    ingest.audit_rejection(Received(b"", Dataset(), "", request.calling_ae, request.peer), rejected)
+    return StoreAnswer(rejected.status, rejected.reason)

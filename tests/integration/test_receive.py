@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -128,6 +129,25 @@ def test_quiet_time_completes_once_and_queues_route(tmp_path: Path) -> None:
         assert done[0].details["reason"] == "quiet_time"
         wait_for(lambda: _events(node, "route.decision", series_uid), what="route decision")
         assert len(_events(node, "series.complete", series_uid)) == 1
+
+
+def test_series_arriving_for_longer_than_the_quiet_time_completes_after_its_last_instance(
+    tmp_path: Path,
+) -> None:
+    """The quiet-time job is armed once per series, not moved per instance (node/tracker.py): it fires
+    while instances still arrive, finds the series not quiet and waits again from the last one."""
+    quiet = 0.4
+    with running_node(make_settings(tmp_path, completion={"quiet_seconds": quiet})) as node:
+        series_uid = generate_uid()
+        sent_last = 0.0
+        for n in range(1, 7):  # about 1.2 s of arrivals, each gap below the quiet time
+            assert store(node.port, [synthetic_ct(series_uid, number=n)]) == [0]
+            sent_last = time.monotonic()
+            assert not _events(node, "series.complete", series_uid), f"completed after instance {n}"
+            time.sleep(quiet / 2)
+        done = wait_for(lambda: _events(node, "series.complete", series_uid), what="series completion")
+        assert time.monotonic() - sent_last >= quiet
+        assert done[0].details["instance_count"] == 6 and len(done) == 1
 
 
 def test_expected_count_completes_without_waiting(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -126,6 +127,7 @@ class Ingest:
         self._spool = spool
         self._receive = receive
         self._completion = completion
+        self._in_flight = _InFlight()
 
     def accept(self, item: Received) -> Accepted:
         """Store the instance durably or raise RejectedInstance (after auditing the rejection)."""
@@ -180,7 +182,13 @@ class Ingest:
             # does the database work; both must finish before the success status.
             pending = self._spool.stage_async(item.data)
             try:
-                return self._record(item, ident, pending)
+                with self._in_flight:
+                    if self._in_flight.others_busy():
+                        # Other instances are being stored: wait for this file to be durable before the
+                        # transaction, so that it holds SQLite's single write lock only for its statements,
+                        # not through this file's fdatasync (which would serialise every fdatasync).
+                        pending.staged.exception()
+                    return self._record(item, ident, pending)
             except IntegrityError:
                 # Another association created the same series (or instance) at the same moment.
                 if attempt == 1:
@@ -421,6 +429,26 @@ class Ingest:
                 )
         except SQLAlchemyError:
             logger.exception("could not audit the rejection")
+
+
+class _InFlight:
+    """How many instances this Ingest is storing at once (a context manager counts one)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _InFlight:
+        with self._lock:
+            self._count += 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def others_busy(self) -> bool:
+        return self._count > 1
 
 
 def _valid_or_none(value: str | None) -> str | None:

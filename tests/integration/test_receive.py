@@ -136,18 +136,23 @@ def test_series_arriving_for_longer_than_the_quiet_time_completes_after_its_last
 ) -> None:
     """The quiet-time job is armed once per series, not moved per instance (node/tracker.py): it fires
     while instances still arrive, finds the series not quiet and waits again from the last one."""
-    quiet = 0.4
+    quiet = 1.0
     with running_node(make_settings(tmp_path, completion={"quiet_seconds": quiet})) as node:
         series_uid = generate_uid()
-        sent_last = 0.0
-        for n in range(1, 7):  # about 1.2 s of arrivals, each gap below the quiet time
-            assert store(node.port, [synthetic_ct(series_uid, number=n)]) == [0]
-            sent_last = time.monotonic()
-            assert not _events(node, "series.complete", series_uid), f"completed after instance {n}"
-            time.sleep(quiet / 2)
+        assoc = scu().associate("127.0.0.1", node.port, ae_title="NODE")
+        try:
+            for n in range(1, 8):  # about 2 s of arrivals on one association, gaps of about 0.3 s
+                assert int(assoc.send_c_store(synthetic_ct(series_uid, number=n)).Status) == 0
+                time.sleep(0.3)
+        finally:
+            assoc.release()
         done = wait_for(lambda: _events(node, "series.complete", series_uid), what="series completion")
-        assert time.monotonic() - sent_last >= quiet
-        assert done[0].details["instance_count"] == 6 and len(done) == 1
+        assert done[0].details["instance_count"] == 7 and len(done) == 1
+        assert not _events(node, "series.follow_up", series_uid)
+        with node.sessions() as session:
+            series = session.scalars(select(Series).where(Series.series_uid == series_uid)).one()
+        assert series.completed_at is not None and series.last_received_at is not None
+        assert (series.completed_at - series.last_received_at).total_seconds() >= quiet
 
 
 def test_expected_count_completes_without_waiting(tmp_path: Path) -> None:

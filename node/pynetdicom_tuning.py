@@ -347,13 +347,16 @@ _INTERCEPTORS: weakref.WeakKeyDictionary[Association, PDataInterceptor] = weakre
 _REACTOR_WAIT = 0.002
 
 
-def intercept_pdata(assoc: Association, interceptor: PDataInterceptor) -> None:
+def intercept_pdata(assoc: Association, interceptor: PDataInterceptor, calm_reactor: bool = True) -> None:
     """Offer every P-DATA-TF PDU of `assoc` (plain TCP, Sta6) to `interceptor` before pynetdicom.
 
-    The association's reactor thread then waits on its message queue instead of polling it every
-    0.1 ms (the capped sleep of 2.): the interceptor runs on the DUL thread, and a reactor waking
-    10,000 times a second took the GIL from it (one association: 47 against 86 images/s)."""
+    calm_reactor (acceptors): the association's reactor thread then waits on its message queue
+    instead of polling it every 0.1 ms (the capped sleep of 2.): the interceptor runs on the DUL
+    thread, and a reactor waking 10,000 times a second took the GIL from it (one association: 47
+    against 86 images/s). Not for a C-STORE SCU association, whose reactor guard_responses silences."""
     _INTERCEPTORS[assoc] = interceptor
+    if not calm_reactor:
+        return
     queue_ = assoc.dimse.msg_queue
 
     def get_msg(block: bool = False) -> Any:

@@ -189,7 +189,8 @@ def test_foreign_pdv_inside_a_data_set_is_aborted(tmp_path: Path, intruder: tupl
             assert peer.closed_by_node(5)
         assert instances(node) == []
         (aborted,) = audit(node, "association.aborted")
-        assert aborted.message == f"PDV on presentation context {named} inside the data set of a C-STORE on context 1"
+        expected = f"PDV on presentation context {named} inside the data set of a C-STORE on context 1"
+        assert aborted.message == expected
 
 
 def test_instance_over_the_size_limit_gets_a700_and_the_association_goes_on(

@@ -117,6 +117,8 @@ class RejectedInstance(Exception):
         self.details = details or {}
 
 
+REPLACEMENT_REFUSED = "replacement of an instance stored by another sender refused"
+
 # Status codes (PS3.4 Annex B): A700 out of resources, A900 data set does not match SOP class,
 # C000-CFFF cannot understand (C210: cannot decode, as pynetdicom uses it; C220: invalid/missing UID).
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -404,8 +406,8 @@ class Ingest:
         if policy == "refuse":
             raise RejectedInstance(
                 STATUS_NOT_AUTHORIZED,
-                f"SOP Instance UID {ident.sop_uid} is stored from {original.describe()}; a replacement "
-                f"from {newcomer.describe()} is refused (receive.replacement_from_other_sender)",
+                # The ErrorComment (its first 64 characters) names neither sender; the audit row both.
+                REPLACEMENT_REFUSED,
                 {**senders, "sha256": digest, "stored_sha256": stored_sha256},
             )
         assert pending is not None  # only the receive path gets here, never the start-up index

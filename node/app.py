@@ -47,6 +47,7 @@ from node.readiness import check_database, check_dicom, check_model, check_spool
 from node.receive.ingest import Ingest
 from node.receive.reconcile import reconcile
 from node.receive.scp import StorageSCP
+from node.receive.senders import open_to_anyone
 from node.receive.spool import Spool
 from node.routing import Router, reload_rules
 from node.rules import RulesHolder
@@ -225,6 +226,9 @@ class NodeService:
             self.port = self.scp.start()
         except OSError as exc:
             raise ListenError(receive.host, receive.port, exc.strerror or str(exc)) from None
+        open_warning = open_to_anyone(receive)
+        if open_warning:
+            logger.warning("receive: %s", open_warning)
         if self.settings.web.enabled:
             self.web = self._build_web()
             self.web_port = self.web.start()  # raises ListenError when the port is in use

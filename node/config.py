@@ -43,6 +43,10 @@ class ReceiveSettings(_Strict):
     allowed_callers: list[AllowedCaller] = []
     # What to do when a SOP Instance UID arrives again with different bytes.
     duplicate_policy: Literal["replace", "keep_first"] = "replace"
+    # A replacement (same SOP Instance UID, other bytes) from another calling AE title or host than the
+    # sender of the stored instance: refused with 0x0124 (default), quarantined (acknowledged, kept
+    # aside, not forwarded) or allowed (replaced as from the same sender). docs/receiving.md.
+    replacement_from_other_sender: Literal["refuse", "quarantine", "allow"] = "refuse"
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     # AE titles the node answers to besides ae_title (A-ASSOCIATE-RQ's called AE title).

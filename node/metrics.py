@@ -99,7 +99,7 @@ class NodeMetrics:
         )
         self.instance_outcomes = Counter(
             f"{PREFIX}_instance_outcomes",
-            "What became of acknowledged instances: stored, replaced, duplicate, kept_first.",
+            "What became of acknowledged instances: stored, replaced, duplicate, kept_first, quarantined.",
             ["outcome"],
             registry=reg,
         )
@@ -107,6 +107,13 @@ class NodeMetrics:
             f"{PREFIX}_instances_refused",
             "Instances refused, by transport and the DICOM status answered (e.g. 0xA700).",
             ["source", "status"],
+            registry=reg,
+        )
+        self.consistency_warnings = Counter(
+            f"{PREFIX}_consistency_warnings",
+            "Instances stored but flagged: sop_in_other_series (the SOP Instance UID is also in another "
+            "series), series_in_other_study (the series is already stored under another study).",
+            ["kind"],
             registry=reg,
         )
         self.http_requests_refused = Counter(
@@ -211,6 +218,10 @@ class NodeMetrics:
 
     def record_refused(self, source: str, status: int) -> None:
         self.instances_refused.labels(source, f"0x{status:04X}").inc()
+
+    def record_consistency_warning(self, kind: str) -> None:
+        """`kind`: one of node.receive.consistency.KINDS (a bounded label)."""
+        self.consistency_warnings.labels(kind).inc()
 
     def record_http_refused(self, status: int) -> None:
         self.http_requests_refused.labels(str(status)).inc()

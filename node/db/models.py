@@ -86,6 +86,11 @@ class Series(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     complete_reason: Mapped[str | None] = mapped_column(String(32))
     files_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Consistency warnings (node.receive.consistency): instances of this series whose SOP Instance UID is
+    # also stored in another series, and instances that arrived with another StudyInstanceUID than
+    # study_uid. Stored as today, flagged for the rules (consistency.*) and the audit.
+    sop_uid_conflicts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    study_uid_conflicts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
@@ -96,7 +101,8 @@ class Instance(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    # Indexed alone too: the receive path looks for the same SOP Instance UID in other series.
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)
@@ -107,6 +113,11 @@ class Instance(Base):
     # The series generation in which this instance (or its latest replacement) arrived.
     generation: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Who sent the stored bytes (calling AE title, IP address): a replacement from another sender is
+    # refused or quarantined (receive.replacement_from_other_sender). None: unknown (indexed at start
+    # from the spool, or stored before schema 0004).
+    sender_ae: Mapped[str | None] = mapped_column(String(16))
+    sender_host: Mapped[str | None] = mapped_column(String(64))
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

@@ -24,12 +24,14 @@ from node.db.models import Instance, Series, SeriesState, utcnow
 from node.db.session import commit_without_fsync
 from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
+from node.receive import consistency
+from node.receive.senders import STATUS_NOT_AUTHORIZED, Sender
 from node.receive.spool import PendingFile, Spool, sha256_hex
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
 
-Outcome = Literal["stored", "duplicate", "replaced", "kept_first"]
+Outcome = Literal["stored", "duplicate", "replaced", "kept_first", "quarantined"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Accepted:
     series_uid: str
     last_received_at: dt.datetime
     expected_count_reached: bool
+    # The consistency warnings recorded for this instance (node.receive.consistency.KINDS).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,15 @@ class _Identity:
     instance_number: int | None
 
 
-_SERIES_COLUMNS = (Series.id, Series.state, Series.generation, Series.instance_count, Series.expected_count)
-SeriesRow = Row[int, str, int, int, int | None]
+_SERIES_COLUMNS = (
+    Series.id,
+    Series.state,
+    Series.generation,
+    Series.instance_count,
+    Series.expected_count,
+    Series.study_uid,
+)
+SeriesRow = Row[int, str, int, int, int | None, str]
 
 # Statements of the receive path, built once: building them per instance (coercion, cache keys) cost
 # more than executing them.
@@ -81,9 +92,9 @@ _TOUCH_SERIES = (
     .values(last_received_at=bindparam("b_now"))
     .returning(*_SERIES_COLUMNS)
 )
-_FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.path).where(
-    Instance.series_id == bindparam("b_series"), Instance.sop_instance_uid == bindparam("b_sop")
-)
+_FIND_INSTANCE = select(
+    Instance.id, Instance.sha256, Instance.path, Instance.sender_ae, Instance.sender_host
+).where(Instance.series_id == bindparam("b_series"), Instance.sop_instance_uid == bindparam("b_sop"))
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_SERIES = (
     update(Series)
@@ -97,13 +108,17 @@ RECOVERED = "indexed at start: the file was durable in the spool, its database r
 
 
 class RejectedInstance(Exception):
-    """The instance is refused; `status` is the DICOM status to answer, `reason` says why."""
+    """The instance is refused; `status` is the DICOM status to answer, `reason` says why; `details`
+    go into the audit row's details besides the status and size."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, details: dict[str, object] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.details = details or {}
 
+
+REPLACEMENT_REFUSED = "replacement of an instance stored by another sender refused"
 
 # Status codes (PS3.4 Annex B): A700 out of resources, A900 data set does not match SOP class,
 # C000-CFFF cannot understand (C210: cannot decode, as pynetdicom uses it; C220: invalid/missing UID).
@@ -139,6 +154,8 @@ class Ingest:
         self._metrics.record_received(
             item.source, item.calling_ae, item.transfer_syntax_uid, len(item.data), accepted.outcome
         )
+        for kind in accepted.warnings:
+            self._metrics.record_consistency_warning(kind)
         return accepted
 
     def _identify(self, item: Received) -> _Identity:
@@ -212,6 +229,8 @@ class Ingest:
         now = utcnow()
         written: str | None = None
         obsolete: str | None = None
+        quarantined: str | None = None
+        sender = Sender.of(item.calling_ae, item.peer)
         series_uid, sop_uid = ident.series_uid, ident.sop_uid
         try:
             with self._sessions() as session, session.begin():
@@ -259,7 +278,24 @@ class Ingest:
                         **common,
                     )
                     return Accepted("kept_first", series_uid, now, False)
+                if spooled is None and existing is not None:
+                    original = Sender(existing.sender_ae, existing.sender_host)
+                    if not original.same_as(sender):
+                        quarantined = self._replacement_by_other_sender(
+                            conn, item, ident, pending, original, sender, digest, existing.sha256, common
+                        )
+                        if quarantined is not None:
+                            return Accepted("quarantined", series_uid, now, False)
 
+                warnings = consistency.check(
+                    conn,
+                    series_id=series.id,
+                    stored_study_uid=series.study_uid,
+                    study_uid=ident.study_uid,
+                    sop_uid=sop_uid,
+                    new_instance=existing is None,
+                )
+                consistency.record(conn, series.id, warnings, common)
                 generation = self._start_follow_up_if_needed(conn, series, common)
                 file_columns = dict(
                     transfer_syntax_uid=item.transfer_syntax_uid,
@@ -268,6 +304,8 @@ class Ingest:
                     generation=generation,
                     received_at=now,
                 )
+                if spooled is None:  # a file indexed at start has no known sender: keep the row's
+                    file_columns.update(sender_ae=sender.ae, sender_host=sender.host)
                 outcome: Outcome
                 count = series.instance_count
                 if existing is None:
@@ -319,6 +357,8 @@ class Ingest:
                             "old_sha256": existing.sha256,
                             "sha256": digest,
                             "transfer_syntax": item.transfer_syntax_uid,
+                            "original_sender": Sender(existing.sender_ae, existing.sender_host).to_audit(),
+                            "sender": sender.to_audit(),
                         },
                         **common,
                     )
@@ -328,13 +368,21 @@ class Ingest:
                 # Last: wait until the file is durable, then rename it into place; the commit follows.
                 if pending is not None:
                     self._spool.place(pending.staged.result(), written)
-                result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
+                result = Accepted(
+                    outcome,
+                    series_uid,
+                    now,
+                    expected is not None and count >= expected,
+                    tuple(w.kind for w in warnings),
+                )
         except SpoolError as exc:
             logger.error("spool write failed for %s in series %s: %s", sop_uid, series_uid, exc)
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, str(exc)) from exc
         except SQLAlchemyError as exc:
             if written is not None and spooled is None:  # never remove a durable file found at start
                 self._spool.remove(written)
+            if quarantined is not None:
+                self._spool.remove_quarantined(quarantined)
             if isinstance(exc, IntegrityError):
                 raise
             logger.error("database write failed for %s in series %s: %s", sop_uid, series_uid, exc)
@@ -342,6 +390,55 @@ class Ingest:
         if obsolete is not None:
             self._spool.remove(obsolete)
         return result
+
+    def _replacement_by_other_sender(
+        self,
+        conn: Connection,
+        item: Received,
+        ident: _Identity,
+        pending: PendingFile | None,
+        original: Sender,
+        newcomer: Sender,
+        digest: str,
+        stored_sha256: str,
+        common: Where,
+    ) -> str | None:
+        """Other bytes for a stored instance from another sender (or over one whose sender is unknown).
+        `refuse`: RejectedInstance 0x0124 (audited by accept with both senders); `quarantine`: the file
+        is placed in the spool's quarantine folder and audited, its quarantine path returned; `allow`:
+        None, the caller replaces as from the same sender."""
+        policy = self._receive.replacement_from_other_sender
+        if policy == "allow":
+            return None
+        senders = {"original_sender": original.to_audit(), "sender": newcomer.to_audit()}
+        if policy == "refuse":
+            raise RejectedInstance(
+                STATUS_NOT_AUTHORIZED,
+                # The ErrorComment (its first 64 characters) names neither sender; the audit row both.
+                REPLACEMENT_REFUSED,
+                {**senders, "sha256": digest, "stored_sha256": stored_sha256},
+            )
+        assert pending is not None  # only the receive path gets here, never the start-up index
+        relative = (
+            Spool.relative_path(ident.study_uid, ident.series_uid, ident.sop_uid, 0).removesuffix(".dcm")
+            + f"~{digest[:16]}.dcm"
+        )
+        audit.record_core(
+            conn,
+            Events.INSTANCE_QUARANTINED,
+            f"different bytes for a stored SOP Instance UID from {newcomer.describe()}, stored from "
+            f"{original.describe()}: kept aside, not forwarded (receive.replacement_from_other_sender)",
+            details={
+                **senders,
+                "path": f"quarantine/{relative}",
+                "size": len(item.data),
+                "sha256": digest,
+                "stored_sha256": stored_sha256,
+            },
+            **common,
+        )
+        self._spool.quarantine(pending.staged.result(), relative)
+        return relative
 
     def _lock_series(self, conn: Connection, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
         """The series row (id, state, generation, counts), created if new. An existing row is written
@@ -425,7 +522,7 @@ class Ingest:
                     sop_instance_uid=_valid_or_none(uid_or_none("SOPInstanceUID")),
                     calling_ae=item.calling_ae,
                     peer=item.peer,
-                    details={"status": exc.status, "size": len(item.data)},
+                    details={"status": exc.status, "size": len(item.data), **exc.details},
                 )
         except SQLAlchemyError:
             logger.exception("could not audit the rejection")

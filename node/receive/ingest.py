@@ -24,6 +24,7 @@ from node.db.session import commit_without_fsync
 from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
 from node.receive.spool import PendingFile, Spool, sha256_hex
+from node.receive.validate import STATUS_VALUE_TOO_LONG, InvalidInstance, check_instance, check_readable
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class _Identity:
     sop_class: str
     expected: int | None
     instance_number: int | None
+    modality: str | None = None
 
 
 _SERIES_COLUMNS = (Series.id, Series.state, Series.generation, Series.instance_count, Series.expected_count)
@@ -110,6 +112,9 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_MISMATCH = 0xA900
 STATUS_CANNOT_DECODE = 0xC210
 STATUS_INVALID_UID = 0xC220
+# C230 (pixel data inconsistent) and C240 (STATUS_VALUE_TOO_LONG: a value longer or larger than its
+# column holds) come from node.receive.validate.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class Ingest:
@@ -134,14 +139,33 @@ class Ingest:
         except RejectedInstance as exc:
             self.audit_rejection(item, exc)
             raise
+        except Exception as exc:  # the instance's boundary: a bug must still get a status and an audit row
+            who = item.calling_ae or item.peer
+            logger.exception("unexpected error while receiving an instance from %s", who)
+            rejected = RejectedInstance(STATUS_OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}")
+            self.audit_rejection(item, rejected)
+            raise rejected from exc
         self._metrics.record_received(
             item.source, item.calling_ae, item.transfer_syntax_uid, len(item.data), accepted.outcome
         )
         return accepted
 
     def _identify(self, item: Received) -> _Identity:
-        """The validated UIDs and counters, or RejectedInstance."""
+        """The validated UIDs and counters, or RejectedInstance. In this order: size (0xA700), the bytes
+        (node.receive.validate: 0xC210 undecodable, 0xC230 pixel data, 0xC240 value too long), the
+        UIDs (0xC220), the request's SOP class and instance (0xA900)."""
+        if len(item.data) > self._receive.max_instance_bytes:
+            raise RejectedInstance(
+                STATUS_OUT_OF_RESOURCES,
+                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
+                f"{self._receive.max_instance_bytes}",
+            )
         ds = item.dataset
+        try:
+            check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
+            check_readable(ds)
+        except InvalidInstance as exc:
+            raise RejectedInstance(exc.status, exc.reason) from exc
         try:
             sop_uid = require_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
             sop_class = require_uid("SOPClassUID", ds.get("SOPClassUID"))
@@ -149,8 +173,6 @@ class Ingest:
             study_uid = require_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
         except InvalidUIDError as exc:
             raise RejectedInstance(STATUS_INVALID_UID, str(exc)) from exc
-        except Exception as exc:  # pydicom raises many types while decoding a malformed element lazily
-            raise RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {exc}") from exc
         if item.command_sop_instance_uid and item.command_sop_instance_uid.strip() != sop_uid:
             raise RejectedInstance(
                 STATUS_SOP_MISMATCH,
@@ -158,19 +180,16 @@ class Ingest:
             )
         if item.command_sop_class_uid and item.command_sop_class_uid.strip() != sop_class:
             raise RejectedInstance(STATUS_SOP_MISMATCH, f"SOPClassUID {sop_class} differs from the request's")
-        if len(item.data) > self._receive.max_instance_bytes:
-            raise RejectedInstance(
-                STATUS_OUT_OF_RESOURCES,
-                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
-                f"{self._receive.max_instance_bytes}",
-            )
+        # Read here, once, and checked for the columns (so that SQLite and PostgreSQL answer alike);
+        # nothing reads the data set lazily after this.
         return _Identity(
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
             sop_class=sop_class,
             expected=self._expected_count(ds),
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
+            instance_number=_column_int(ds, "InstanceNumber"),
+            modality=_column_text(ds, "Modality"),
         )
 
     def _accept(self, item: Received) -> Accepted:
@@ -349,7 +368,7 @@ class Ingest:
             .values(
                 series_uid=ident.series_uid,
                 study_uid=ident.study_uid,
-                modality=str(item.dataset.get("Modality", "") or "") or None,
+                modality=ident.modality,
                 calling_ae=item.calling_ae,
                 called_ae=item.called_ae,
                 state=SeriesState.RECEIVING,
@@ -391,7 +410,7 @@ class Ingest:
         keyword = self._completion.expected_count_attribute
         if not keyword:
             return None
-        value = _int_or_none(ds.get(keyword))
+        value = _column_int(ds, keyword)
         return value if value and value > 0 else None
 
     def audit_rejection(self, item: Received, exc: RejectedInstance) -> None:
@@ -425,6 +444,25 @@ class Ingest:
 
 def _valid_or_none(value: str | None) -> str | None:
     return value if is_valid_uid(value) else None
+
+
+def _column_text(ds: Dataset, keyword: str) -> str | None:
+    """A single-valued text attribute for a column (its length was checked by node.receive.validate)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has {len(value)} values, one expected")
+    return value.strip() or None
+
+
+def _column_int(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute for an INTEGER column: within PS3.5's IS range (32-bit signed), which both
+    databases hold (SQLite would take a larger one, PostgreSQL would not)."""
+    value = _int_or_none(ds.get(keyword))
+    if value is not None and not INT32_MIN <= value <= INT32_MAX:
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} {value} is outside the 32-bit range")
+    return value
 
 
 def _int_or_none(value: object) -> int | None:

@@ -24,7 +24,7 @@ from node.db.session import commit_without_fsync
 from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
 from node.receive.spool import PendingFile, Spool, sha256_hex
-from node.receive.validate import STATUS_VALUE_TOO_LONG, InvalidInstance, check_instance, check_readable
+from node.receive.validate import STATUS_VALUE_TOO_LONG, InvalidInstance, check_instance
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -163,14 +163,13 @@ class Ingest:
         ds = item.dataset
         try:
             check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
-            check_readable(ds)
         except InvalidInstance as exc:
             raise RejectedInstance(exc.status, exc.reason) from exc
         try:
-            sop_uid = require_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
-            sop_class = require_uid("SOPClassUID", ds.get("SOPClassUID"))
-            series_uid = require_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
-            study_uid = require_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+            sop_uid = require_uid("SOPInstanceUID", _read(ds, "SOPInstanceUID"))
+            sop_class = require_uid("SOPClassUID", _read(ds, "SOPClassUID"))
+            series_uid = require_uid("SeriesInstanceUID", _read(ds, "SeriesInstanceUID"))
+            study_uid = require_uid("StudyInstanceUID", _read(ds, "StudyInstanceUID"))
         except InvalidUIDError as exc:
             raise RejectedInstance(STATUS_INVALID_UID, str(exc)) from exc
         if item.command_sop_instance_uid and item.command_sop_instance_uid.strip() != sop_uid:
@@ -446,20 +445,31 @@ def _valid_or_none(value: str | None) -> str | None:
     return value if is_valid_uid(value) else None
 
 
+def _read(ds: Dataset, keyword: str) -> object:
+    """An attribute's value, decoded now (pydicom decodes lazily): what node.receive.validate let
+    through decodes, and should a value still fail, the answer names it instead of an exception escaping
+    to pynetdicom (0xC211, no audit row)."""
+    try:
+        return ds.get(keyword)
+    except Exception as exc:  # pydicom raises assorted types for a malformed value
+        reason = f"{keyword} cannot be decoded: {type(exc).__name__}: {exc}"
+        raise RejectedInstance(STATUS_CANNOT_DECODE, reason) from exc
+
+
 def _column_text(ds: Dataset, keyword: str) -> str | None:
     """A single-valued text attribute for a column (its length was checked by node.receive.validate)."""
-    value = ds.get(keyword)
+    value = _read(ds, keyword)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has {len(value)} values, one expected")
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has several values, one expected")
     return value.strip() or None
 
 
 def _column_int(ds: Dataset, keyword: str) -> int | None:
     """An integer attribute for an INTEGER column: within PS3.5's IS range (32-bit signed), which both
     databases hold (SQLite would take a larger one, PostgreSQL would not)."""
-    value = _int_or_none(ds.get(keyword))
+    value = _int_or_none(_read(ds, keyword))
     if value is not None and not INT32_MIN <= value <= INT32_MAX:
         raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} {value} is outside the 32-bit range")
     return value

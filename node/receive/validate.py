@@ -26,7 +26,6 @@ import zlib
 from dataclasses import dataclass, field
 
 from pydicom.datadict import DicomDictionary
-from pydicom.dataset import Dataset
 
 STATUS_CANNOT_DECODE = 0xC210
 STATUS_PIXEL_DATA = 0xC230
@@ -48,8 +47,14 @@ VALUE_SIZE = {
     b"US": 2, b"SS": 2, b"OW": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"AT": 4, b"OF": 4, b"OL": 4,
     b"FD": 8, b"SV": 8, b"UV": 8, b"OD": 8, b"OV": 8,
 }  # fmt: skip
-# Where Implicit VR has no VR, the dictionary says which elements are sequences (to walk their items).
+# Where Implicit VR has no VR, pydicom takes the dictionary's: which elements are sequences (to walk their
+# items), and which are binary (pydicom cannot read a US of 3 bytes; "US or SS" and "US or OW" are 2).
 SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
+IMPLICIT_VALUE_SIZE = {
+    tag: VALUE_SIZE[entry[0][:2].encode()]
+    for tag, entry in DicomDictionary.items()
+    if entry[0][:2].encode() in VALUE_SIZE and not entry[0].startswith("OB")
+}
 
 ITEM = 0xFFFEE000
 ITEM_DELIMITER = 0xFFFEE00D
@@ -114,6 +119,9 @@ class _Walker:
         self.head = struct.Struct("<HH" if little else ">HH")
         self.u16 = struct.Struct("<H" if little else ">H")
         self.u32 = struct.Struct("<L" if little else ">L")
+        # An element's first 8 bytes in one unpack: group, element, then VR and 2-byte length (Explicit
+        # VR) or the 4-byte length (Implicit VR).
+        self.element_head = struct.Struct(("<" if little else ">") + ("HH2sH" if explicit else "HHL"))
         self.image = _Image()
         # The offset of the data set's first element (where Explicit VR bytes give themselves away).
         self.first = -1
@@ -127,26 +135,27 @@ class _Walker:
         while offset < limit:
             if limit - offset < 8:
                 raise _decode(f"{limit - offset} bytes left at offset {offset}: not a whole element")
-            group, element = self.head.unpack_from(data, offset)
-            tag = group << 16 | element
-            if tag == ITEM_DELIMITER:
+            head = self.element_head.unpack_from(data, offset)
+            group = head[0]
+            tag = group << 16 | head[1]
+            if group == 0xFFFE:
+                if tag != ITEM_DELIMITER:
+                    raise _decode(f"({group:04X},{head[1]:04X}) where an element should be, offset {offset}")
                 if not delimited:
                     raise _decode(f"item delimiter (FFFE,E00D) outside an item at offset {offset}")
                 return offset + 8
-            if group == 0xFFFE:
-                raise _decode(f"({group:04X},{element:04X}) where an element should be, offset {offset}")
-            offset = self.element(tag, offset, limit, depth, top)
+            offset = self.element(tag, head, offset, limit, depth, top)
         if delimited:
             raise _decode("item of undefined length without item delimiter (FFFE,E00D)")
         return offset
 
-    def element(self, tag: int, offset: int, limit: int, depth: int, top: bool) -> int:
+    def element(self, tag: int, head: tuple[int, ...], offset: int, limit: int, depth: int, top: bool) -> int:
         data = self.data
         vr = b""
         if self.explicit:
-            vr = bytes(data[offset + 4 : offset + 6])
+            vr = head[2]  # type: ignore[assignment]  # bytes from the "2s"
             if vr in SHORT_VRS:
-                (length,) = self.u16.unpack_from(data, offset + 6)
+                length = head[3]
                 start = offset + 8
             elif vr in LONG_VRS:
                 if limit - offset < 12:
@@ -158,16 +167,16 @@ class _Walker:
         else:
             if offset == self.first and _looks_explicit(data, offset):
                 self.explicit_on_implicit(tag, offset, limit)
-            (length,) = self.u32.unpack_from(data, offset + 4)
+            length = head[2]
             start = offset + 8
         if length == UNDEFINED:
             return self.undefined(tag, vr, start, limit, depth, top)
         end = start + length
         if end > limit:
             raise _decode(f"{tag_name(tag)} claims {length} bytes, {limit - start} left")
-        size = VALUE_SIZE.get(vr)
+        size = VALUE_SIZE.get(vr) if self.explicit else IMPLICIT_VALUE_SIZE.get(tag)
         if size is not None and length % size:
-            raise _decode(f"{tag_name(tag)} {vr.decode()} value of {length} bytes")
+            raise _decode(f"{tag_name(tag)} value of {length} bytes, not a multiple of {size}")
         if vr == b"SQ" or (not self.explicit and tag in SEQUENCE_TAGS):
             self.items(tag, start, end, depth + 1, delimited=False)
         elif top:
@@ -326,10 +335,11 @@ def check_instance(data: bytes, transfer_syntax_uid: str, max_bytes: int = 1 << 
     offset = 132
     meta_syntax = None
     while offset + 8 <= len(view) and meta.head.unpack_from(view, offset)[0] == 0x0002:
-        group, element = meta.head.unpack_from(view, offset)
+        head = meta.element_head.unpack_from(view, offset)
+        tag = head[0] << 16 | head[1]
         start = offset
-        offset = meta.element(group << 16 | element, offset, len(view), 0, top=False)
-        if (group << 16 | element) == TRANSFER_SYNTAX:
+        offset = meta.element(tag, head, offset, len(view), 0, top=False)
+        if tag == TRANSFER_SYNTAX:
             meta_syntax = bytes(view[start + 8 : offset]).rstrip(b"\0 ").decode("ascii", "replace")
     if meta_syntax is not None and meta_syntax != transfer_syntax_uid:
         raise _decode(f"(0002,0010) Transfer Syntax UID {meta_syntax} is not {transfer_syntax_uid}")
@@ -369,21 +379,3 @@ def _decode(reason: str) -> InvalidInstance:
 def _pixels(reason: str) -> InvalidInstance:
     return InvalidInstance(STATUS_PIXEL_DATA, reason)
 
-
-def check_readable(ds: Dataset) -> None:
-    """Raise InvalidInstance (0xC210) unless pydicom converts every standard element of `ds` (the
-    decoded data set of the same bytes), nested ones too: what assembly, the rules and forwarding read
-    later must not fail then. Private elements are not read by the node and are not checked."""
-    pending = [ds]
-    while pending:
-        current = pending.pop()
-        for tag in list(current.keys()):
-            if tag.is_private:
-                continue
-            try:
-                element = current[tag]
-                value = element.value
-            except Exception as exc:  # pydicom raises assorted types for a malformed value
-                raise _decode(f"{tag_name(int(tag))} cannot be read: {type(exc).__name__}: {exc}") from exc
-            if element.VR == "SQ":
-                pending.extend(value)

@@ -21,11 +21,12 @@ Sequences nest at most MAX_DEPTH deep (no recursion bomb). A Deflated data set i
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass, field
 
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary, dictionary_VR
 
 STATUS_CANNOT_DECODE = 0xC210
 STATUS_PIXEL_DATA = 0xC230
@@ -47,6 +48,8 @@ VALUE_SIZE = {
     b"US": 2, b"SS": 2, b"OW": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"AT": 4, b"OF": 4, b"OL": 4,
     b"FD": 8, b"SV": 8, b"UV": 8, b"OD": 8, b"OV": 8,
 }  # fmt: skip
+# Implicit VR "US or SS" elements: pydicom decides by Pixel Representation, and fails without it.
+US_OR_SS_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "US or SS")
 # Where Implicit VR has no VR, pydicom takes the dictionary's: which elements are sequences (to walk their
 # items), and which are binary (pydicom cannot read a US of 3 bytes; "US or SS" and "US or OW" are 2).
 SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
@@ -63,6 +66,7 @@ PIXEL_DATA = 0x7FE00010
 UNDEFINED = 0xFFFFFFFF
 
 ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = 0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008
+PIXEL_REPRESENTATION = 0x00280103
 TRANSFER_SYNTAX = 0x00020010
 
 # Attributes the node keeps in database columns (node.db.models): tag -> (name, VR, maximum length).
@@ -174,7 +178,7 @@ class _Walker:
         end = start + length
         if end > limit:
             raise _decode(f"{tag_name(tag)} claims {length} bytes, {limit - start} left")
-        size = VALUE_SIZE.get(vr) if self.explicit else IMPLICIT_VALUE_SIZE.get(tag)
+        size = VALUE_SIZE.get(vr) if self.explicit else _implicit_size(tag)
         if size is not None and length % size:
             raise _decode(f"{tag_name(tag)} value of {length} bytes, not a multiple of {size}")
         if vr == b"SQ" or (not self.explicit and tag in SEQUENCE_TAGS):
@@ -226,8 +230,10 @@ class _Walker:
     # -- pixel data and the values at the top level -------------------------------------------------
 
     def top_value(self, tag: int, vr: bytes, start: int, end: int) -> None:
-        if tag in (ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES):
+        if tag in (ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES, PIXEL_REPRESENTATION):
             self.image.values[tag] = bytes(self.data[start:end])
+        elif not self.explicit and tag in US_OR_SS_TAGS and PIXEL_REPRESENTATION not in self.image.values:
+            raise _decode(f"{tag_name(tag)} is US or SS, and (0028,0103) Pixel Representation is missing")
         stored = STORED_ATTRIBUTES.get(tag)
         if stored is not None:
             name, stored_vr, maximum = stored
@@ -362,6 +368,26 @@ def _inflate(compressed: memoryview, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise _decode(f"Deflated data set inflates to more than {max_bytes} bytes")
     return data
+
+
+def _implicit_size(tag: int) -> int | None:
+    """The value size pydicom will read an Implicit VR element with (None: any length)."""
+    size = IMPLICIT_VALUE_SIZE.get(tag)
+    if size is not None or tag in DicomDictionary or (tag >> 16) & 1:
+        return size  # private elements are UN to pydicom without their creator's dictionary
+    if tag & 0xFFFF == 0:
+        return 4  # group length, UL
+    return _repeater_size(tag)
+
+
+@functools.lru_cache(maxsize=1024)
+def _repeater_size(tag: int) -> int | None:
+    """Curve and overlay groups (50xx, 60xx, ...): pydicom's repeater dictionary."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return None if vr.startswith("OB") else VALUE_SIZE.get(vr[:2].encode())
 
 
 def _looks_explicit(data: memoryview, offset: int) -> bool:

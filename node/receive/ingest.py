@@ -412,6 +412,17 @@ class Ingest:
         value = _column_int(ds, keyword)
         return value if value and value > 0 else None
 
+    def refuse_undecodable(self, item: Received, exc: Exception) -> RejectedInstance:
+        """For a transport whose decoding of the data set failed (`item.dataset` is empty): the
+        validator's precise reason where it finds one (0xC210 otherwise), audited."""
+        try:
+            check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
+            rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
+        except InvalidInstance as invalid:
+            rejected = RejectedInstance(invalid.status, invalid.reason)
+        self.audit_rejection(item, rejected)
+        return rejected
+
     def audit_rejection(self, item: Received, exc: RejectedInstance) -> None:
         """Record a refused instance; UIDs only if they are valid (never patient data)."""
 

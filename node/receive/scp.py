@@ -50,7 +50,7 @@ from node.pynetdicom_tuning import (
     start_server,
     tune_association,
 )
-from node.receive.ingest import STATUS_CANNOT_DECODE, Ingest, Received, RejectedInstance
+from node.receive.ingest import Ingest, Received, RejectedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,10 @@ def handle_store(
         dataset = event.dataset
         dataset.file_meta = event.file_meta
     except Exception as exc:  # pydicom raises assorted errors on garbage; answer "cannot understand"
-        rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
-        ingest.audit_rejection(Received(b"", Dataset(), "", calling_ae, peer), rejected)
+        undecodable = Received(
+            event.encoded_dataset(), Dataset(), str(event.context.transfer_syntax), calling_ae, peer
+        )
+        rejected = ingest.refuse_undecodable(undecodable, exc)
         return _status(rejected.status, rejected.reason)
     request = cast(C_STORE, event.request)
     item = Received(

@@ -404,4 +404,3 @@ def _decode(reason: str) -> InvalidInstance:
 
 def _pixels(reason: str) -> InvalidInstance:
     return InvalidInstance(STATUS_PIXEL_DATA, reason)
-

@@ -35,7 +35,6 @@ from tests.corrupt import (
     corrupt_vr,
     encapsulated,
     encode,
-    explicit_element,
     last_element_claims,
     part10,
     pixels_short,
@@ -140,7 +139,10 @@ def test_a_corrupted_vr_byte() -> None:
     ds = ct()
     body = corrupt_vr(encode(ds, EXPLICIT_VR_LE), 0x00080060, b"XS")
     reason = refused(part10(body, EXPLICIT_VR_LE, ds), EXPLICIT_VR_LE)
-    assert (reason.status, reason.reason) == (STATUS_CANNOT_DECODE, "(0008,0060) Modality has an unknown VR 'XS'")
+    assert (reason.status, reason.reason) == (
+        STATUS_CANNOT_DECODE,
+        "(0008,0060) Modality has an unknown VR 'XS'",
+    )
 
 
 def test_garbage_after_the_file_meta() -> None:
@@ -227,7 +229,7 @@ def test_well_formed_fragments_pass_with_and_without_offsets() -> None:
         (encapsulated([b"ab" * 8]).replace(b"\xfe\xff\x00\xe0\x10", b"\xfe\xff\x10\xe0\x10"), None,
          "(FFFE,E010) where a fragment item should be"),
     ],
-    ids=["no-delimiter", "no-fragments", "offsets-count", "offsets-range", "fewer-fragments", "cut", "item-tag"],
+    ids=["no-delimiter", "no-fragments", "table-count", "table-range", "few", "cut", "item-tag"],
 )  # fmt: skip
 def test_broken_fragments(pixels: bytes, frames: int | None, problem: str) -> None:
     reason = refused(_encapsulated_instance(pixels, frames), RLE_LOSSLESS)

@@ -54,15 +54,22 @@ def explicit_element(tag: int, vr: str, value: bytes, length: int | None = None)
     return head + struct.pack("<H", size) + value
 
 
-def without_pixels(ds: Dataset) -> Dataset:
+def _copy(ds: Dataset) -> Dataset:
     copy = Dataset(ds)
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    return copy
+
+
+def without_pixels(ds: Dataset) -> Dataset:
+    copy = _copy(ds)
     del copy.PixelData
     return copy
 
 
 def pixels_short(ds: Dataset, missing: int = 1000) -> Dataset:
     """Pixel Data `missing` bytes shorter than rows x columns x bits say (its length field consistent)."""
-    copy = Dataset(ds)
+    copy = _copy(ds)
     copy.PixelData = ds.PixelData[:-missing]
     return copy
 

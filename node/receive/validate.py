@@ -395,7 +395,9 @@ def _looks_explicit(data: memoryview, offset: int) -> bool:
 
 
 def _show(raw: bytes) -> str:
-    return repr(raw.decode("latin-1"))
+    """Bytes for a message (and an ErrorComment, which is ASCII): quoted if printable, else in hex."""
+    text = raw.decode("latin-1")
+    return repr(text) if text.isascii() and text.isprintable() else "0x" + raw.hex().upper()
 
 
 def _decode(reason: str) -> InvalidInstance:

@@ -198,3 +198,14 @@ def test_real_ct_compressed_is_stored(node: NodeService, syntax: str) -> None:
         assoc.release()
     assert statuses == [0x0000, 0x0000]
     assert all(stored(node, ds.SOPInstanceUID) for ds in datasets)
+
+
+def test_a_40_character_modality_gets_the_same_answer_on_sqlite_and_postgresql(tmp_path, db_url: str) -> None:
+    """Checked by VR before the database sees it: PostgreSQL's VARCHAR(16) would fail (0xA700) where
+    SQLite would store it."""
+    ds = synthetic_ct()
+    ds.Modality = "C" * 40
+    with running_node(make_settings(tmp_path, database_url=db_url)) as service:
+        assert store(service.port, [ds]) == [0xC240]
+        assert rejection(service, ds.SOPInstanceUID).message.startswith("(0008,0060) Modality value longer")
+        assert store(service.port, [synthetic_ct()]) == [0x0000]

@@ -83,7 +83,8 @@ def main() -> None:
     first = ct_files(args.compress_series)[: min(args.files, 5)]
     for syntax in (JPEGLSLossless, RLELossless):
         rows.append(row(f"{args.compress_series} ({syntax.name})", load(first, syntax), args.repeat))
-    print(f"{'series':56s} {'syntax':24s} {'files':>5s} {'elements':>8s} {'validate us':>11s} {'decode us':>9s}")
+    header = ("series", "syntax", "files", "elements", "validate us", "decode us")
+    print("{:56s} {:24s} {:>5s} {:>8s} {:>11s} {:>9s}".format(*header))
     for name, syntax, files, count, validate, decoded in rows:
         print(f"{name:56s} {syntax:24s} {files:5d} {count:8d} {validate:11.0f} {decoded:9.0f}")
 

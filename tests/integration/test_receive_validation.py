@@ -209,3 +209,23 @@ def test_a_40_character_modality_gets_the_same_answer_on_sqlite_and_postgresql(t
         assert store(service.port, [ds]) == [0xC240]
         assert rejection(service, ds.SOPInstanceUID).message.startswith("(0008,0060) Modality value longer")
         assert store(service.port, [synthetic_ct()]) == [0x0000]
+
+
+def test_an_unexpected_error_is_a700_with_an_audit_row_not_an_escape(
+    node: NodeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: whatever raises while an instance is handled ends as a status and an audit row
+    (before, such an exception reached pynetdicom: 0xC211, a traceback, no row)."""
+    import node.receive.ingest as ingest_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(ingest_module, "check_instance", broken)
+    ds = synthetic_ct()
+    assert store(node.port, [ds]) == [0xA700]
+    row = rejection(node, ds.SOPInstanceUID)
+    assert row.message == "internal error: RuntimeError" and row.details["status"] == 0xA700
+    assert not stored(node, ds.SOPInstanceUID)
+    monkeypatch.undo()
+    assert store(node.port, [synthetic_ct()]) == [0x0000]

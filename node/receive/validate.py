@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
-from dataclasses import dataclass, field
 
 from pydicom.datadict import DicomDictionary, dictionary_VR
 
@@ -69,17 +68,17 @@ ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = 0x00280010, 0x00280011, 0x00280
 PIXEL_REPRESENTATION = 0x00280103
 TRANSFER_SYNTAX = 0x00020010
 
-# Attributes the node keeps in database columns (node.db.models): tag -> (name, VR, maximum length).
-# UIDs are checked by node.uids (0xC220), not here.
-STORED_ATTRIBUTES: dict[int, tuple[str, str, int]] = {
-    0x00080060: ("Modality", "CS", 16),
-    0x00200013: ("Instance Number", "IS", 12),
-}
 # PS3.5 Table 6.2-1: maximum length of one value (PN: of one component group), in bytes.
 MAX_LENGTH = {
     "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "PN": 64,
     "SH": 16, "TM": 14, "UI": 64,
 }  # fmt: skip
+# Attributes the node keeps in database columns (node.db.models): tag -> VR. Add one here when a column
+# takes another attribute. UIDs are checked by node.uids (0xC220), not here.
+STORED_ATTRIBUTES: dict[int, str] = {
+    0x00080060: "CS",  # Modality: series.modality
+    0x00200013: "IS",  # Instance Number: instances.instance_number
+}
 
 
 class InvalidInstance(Exception):
@@ -107,13 +106,6 @@ def value_too_long(vr: str, value: bytes, maximum: int) -> bool:
     return any(len(part) > maximum for part in parts)
 
 
-@dataclass
-class _Image:
-    """The top-level attributes that say how long native pixel data is."""
-
-    values: dict[int, bytes] = field(default_factory=dict)
-
-
 class _Walker:
     def __init__(self, data: memoryview, explicit: bool, little: bool, syntax: str) -> None:
         self.data = data
@@ -126,7 +118,8 @@ class _Walker:
         # An element's first 8 bytes in one unpack: group, element, then VR and 2-byte length (Explicit
         # VR) or the 4-byte length (Implicit VR).
         self.element_head = struct.Struct(("<" if little else ">") + ("HH2sH" if explicit else "HHL"))
-        self.image = _Image()
+        # The top-level attributes that say how long native pixel data is, as encoded.
+        self.image: dict[int, bytes] = {}
         # The offset of the data set's first element (where Explicit VR bytes give themselves away).
         self.first = -1
 
@@ -184,7 +177,7 @@ class _Walker:
         if vr == b"SQ" or (not self.explicit and tag in SEQUENCE_TAGS):
             self.items(tag, start, end, depth + 1, delimited=False)
         elif top:
-            self.top_value(tag, vr, start, end)
+            self.top_value(tag, start, end)
         return end
 
     def undefined(self, tag: int, vr: bytes, start: int, limit: int, depth: int, top: bool) -> int:
@@ -229,14 +222,14 @@ class _Walker:
 
     # -- pixel data and the values at the top level -------------------------------------------------
 
-    def top_value(self, tag: int, vr: bytes, start: int, end: int) -> None:
+    def top_value(self, tag: int, start: int, end: int) -> None:
         if tag in (ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES, PIXEL_REPRESENTATION):
-            self.image.values[tag] = bytes(self.data[start:end])
-        elif not self.explicit and tag in US_OR_SS_TAGS and PIXEL_REPRESENTATION not in self.image.values:
+            self.image[tag] = bytes(self.data[start:end])
+        elif not self.explicit and tag in US_OR_SS_TAGS and PIXEL_REPRESENTATION not in self.image:
             raise _decode(f"{tag_name(tag)} is US or SS, and (0028,0103) Pixel Representation is missing")
-        stored = STORED_ATTRIBUTES.get(tag)
-        if stored is not None:
-            name, stored_vr, maximum = stored
+        stored_vr = STORED_ATTRIBUTES.get(tag)
+        if stored_vr is not None:
+            maximum = MAX_LENGTH[stored_vr]
             if value_too_long(stored_vr, bytes(self.data[start:end]), maximum):
                 raise InvalidInstance(
                     STATUS_VALUE_TOO_LONG,
@@ -248,7 +241,7 @@ class _Walker:
             self.native_pixels(end - start)
 
     def number(self, tag: int) -> int | None:
-        raw = self.image.values.get(tag)
+        raw = self.image.get(tag)
         if raw is None or not raw:
             return None
         if tag == FRAMES:  # IS

@@ -229,3 +229,22 @@ def test_an_unexpected_error_is_a700_with_an_audit_row_not_an_escape(
     assert not stored(node, ds.SOPInstanceUID)
     monkeypatch.undo()
     assert store(node.port, [synthetic_ct()]) == [0x0000]
+
+
+def test_a_deflated_instance_is_inflated_checked_and_stored(node: NodeService) -> None:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    good, short = synthetic_ct(rows=64), pixels_short(synthetic_ct(rows=64), 1000)
+    ae = AE(ae_title="DEFLATE")
+    ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="NODE", evt_handlers=CONN_OPEN_HANDLERS)
+    assert assoc.is_established
+    try:
+        statuses = []
+        for ds in (good, short):
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+            statuses.append(int(assoc.send_c_store(ds).Status))
+    finally:
+        assoc.release()
+    assert statuses == [0x0000, 0xC230]
+    assert stored(node, good.SOPInstanceUID) and not stored(node, short.SOPInstanceUID)

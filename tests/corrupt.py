@@ -8,6 +8,7 @@ broken, the way issue 11 found them acknowledged.
 
 from __future__ import annotations
 
+import copy
 import struct
 from io import BytesIO
 
@@ -55,23 +56,21 @@ def explicit_element(tag: int, vr: str, value: bytes, length: int | None = None)
 
 
 def _copy(ds: Dataset) -> Dataset:
-    copy = Dataset(ds)
-    if hasattr(ds, "file_meta"):
-        copy.file_meta = ds.file_meta
-    return copy
+    """A copy to break (Dataset(ds) would share ds's elements)."""
+    return copy.deepcopy(ds)
 
 
 def without_pixels(ds: Dataset) -> Dataset:
-    copy = _copy(ds)
-    del copy.PixelData
-    return copy
+    broken = _copy(ds)
+    del broken.PixelData
+    return broken
 
 
 def pixels_short(ds: Dataset, missing: int = 1000) -> Dataset:
     """Pixel Data `missing` bytes shorter than rows x columns x bits say (its length field consistent)."""
-    copy = _copy(ds)
-    copy.PixelData = ds.PixelData[:-missing]
-    return copy
+    broken = _copy(ds)
+    broken.PixelData = ds.PixelData[:-missing]
+    return broken
 
 
 def last_element_claims(ds: Dataset, claimed: int = 2**31, body: int = 100) -> bytes:

@@ -248,3 +248,21 @@ def test_a_deflated_instance_is_inflated_checked_and_stored(node: NodeService) -
         assoc.release()
     assert statuses == [0x0000, 0xC230]
     assert stored(node, good.SOPInstanceUID) and not stored(node, short.SOPInstanceUID)
+
+
+def test_refuse_undecodable_gives_the_validators_reason_and_audits(node: NodeService) -> None:
+    """What a transport calls when its own decoding failed (node/receive/scp.py handle_store)."""
+    from node.receive.ingest import Received
+    from tests.corrupt import part10 as file_of
+
+    ds = synthetic_ct(rows=64)
+    short = file_of(encode(pixels_short(ds, 1000), EXPLICIT_VR_LE), EXPLICIT_VR_LE, ds)
+    item = Received(short, Dataset(), EXPLICIT_VR_LE, "RAWPEER", "127.0.0.1:1")
+    rejected = node.ingest.refuse_undecodable(item, ValueError("pydicom's"))
+    assert (rejected.status, rejected.reason) == (0xC230, "(7FE0,0010) Pixel Data 7192 bytes, expected 8192")
+    assert rejection(node, "").details["status"] == 0xC230  # no valid UID to name: the last row
+    valid = Received(
+        file_of(encode(ds, EXPLICIT_VR_LE), EXPLICIT_VR_LE, ds), Dataset(), EXPLICIT_VR_LE, None, "p"
+    )
+    rejected = node.ingest.refuse_undecodable(valid, ValueError("pydicom's"))
+    assert (rejected.status, rejected.reason) == (0xC210, "cannot decode data set: ValueError")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -472,8 +473,10 @@ def _column_text(ds: Dataset, keyword: str) -> str | None:
     value = _read(ds, keyword)
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has several values, one expected")
+    if isinstance(value, MultiValue):
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has {len(value)} values, one expected")
+    if not isinstance(value, str):  # pydicom keeps a value it could not convert as bytes (VR UN)
+        raise RejectedInstance(STATUS_CANNOT_DECODE, f"{keyword} cannot be decoded as text")
     return value.strip() or None
 
 

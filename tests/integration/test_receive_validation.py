@@ -113,6 +113,9 @@ def _case(name: str) -> tuple[bytes, Dataset, str]:
     if name == "40-character Modality":
         ds.Modality = "C" * 40
         return encode(ds, EXPLICIT_VR_LE), ds, EXPLICIT_VR_LE
+    if name == "Modality with two values":
+        ds.Modality = ["CT", "MR"]
+        return encode(ds, EXPLICIT_VR_LE), ds, EXPLICIT_VR_LE
     if name == "Instance Number beyond 32 bits":
         return _instance_number(ds, b"99999999999 "), ds, EXPLICIT_VR_LE
     raise AssertionError(name)
@@ -127,6 +130,7 @@ CASES = [
     ("corrupted VR byte (Instance Number)", 0xC210, "(0020,0013) Instance Number has an unknown VR"),
     ("garbage", 0xC210, "(ADDE,EFBE) has an unknown VR 0xDEAD"),
     ("40-character Modality", 0xC240, "(0008,0060) Modality value longer than 16 (CS): 40 bytes"),
+    ("Modality with two values", 0xC240, "Modality has 2 values, one expected"),
     ("Instance Number beyond 32 bits", 0xC240, "InstanceNumber 99999999999 is outside the 32-bit range"),
 ]
 

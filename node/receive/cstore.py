@@ -23,7 +23,6 @@ from pynetdicom.dsutils import decode
 
 from node.dimse_encoding import text_bytes, uid_bytes
 from node.receive.ingest import (
-    STATUS_CANNOT_DECODE,
     STATUS_OUT_OF_RESOURCES,
     Ingest,
     Received,
@@ -96,8 +95,14 @@ def store(
             transfer_syntax.is_deflated,
         )
     except Exception as exc:  # pydicom raises assorted errors on garbage: answer "cannot understand"
-        rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
-        ingest.audit_rejection(Received(b"", Dataset(), "", request.calling_ae, request.peer), rejected)
+        undecodable = Received(
+            part10_prefix(request) + data_set,
+            Dataset(),
+            request.transfer_syntax_uid,
+            request.calling_ae,
+            request.peer,
+        )
+        rejected = ingest.refuse_undecodable(undecodable, exc)
         return StoreAnswer(rejected.status, rejected.reason)
     item = Received(
         data=part10_prefix(request) + data_set,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,7 @@ from node.metrics import NodeMetrics
 from node.receive import consistency
 from node.receive.senders import STATUS_NOT_AUTHORIZED, Sender
 from node.receive.spool import PendingFile, Spool, sha256_hex
+from node.receive.validate import STATUS_VALUE_TOO_LONG, InvalidInstance, check_instance
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class _Identity:
     sop_class: str
     expected: int | None
     instance_number: int | None
+    modality: str | None = None
 
 
 _SERIES_COLUMNS = (
@@ -126,6 +129,9 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_MISMATCH = 0xA900
 STATUS_CANNOT_DECODE = 0xC210
 STATUS_INVALID_UID = 0xC220
+# C230 (pixel data inconsistent) and C240 (STATUS_VALUE_TOO_LONG: a value longer or larger than its
+# column holds) come from node.receive.validate.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class Ingest:
@@ -151,6 +157,12 @@ class Ingest:
         except RejectedInstance as exc:
             self.audit_rejection(item, exc)
             raise
+        except Exception as exc:  # the instance's boundary: a bug must still get a status and an audit row
+            who = item.calling_ae or item.peer
+            logger.exception("unexpected error while receiving an instance from %s", who)
+            rejected = RejectedInstance(STATUS_OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}")
+            self.audit_rejection(item, rejected)
+            raise rejected from exc
         self._metrics.record_received(
             item.source, item.calling_ae, item.transfer_syntax_uid, len(item.data), accepted.outcome
         )
@@ -159,17 +171,27 @@ class Ingest:
         return accepted
 
     def _identify(self, item: Received) -> _Identity:
-        """The validated UIDs and counters, or RejectedInstance."""
+        """The validated UIDs and counters, or RejectedInstance. In this order: size (0xA700), the bytes
+        (node.receive.validate: 0xC210 undecodable, 0xC230 pixel data, 0xC240 value too long), the
+        UIDs (0xC220), the request's SOP class and instance (0xA900)."""
+        if len(item.data) > self._receive.max_instance_bytes:
+            raise RejectedInstance(
+                STATUS_OUT_OF_RESOURCES,
+                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
+                f"{self._receive.max_instance_bytes}",
+            )
         ds = item.dataset
         try:
-            sop_uid = require_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
-            sop_class = require_uid("SOPClassUID", ds.get("SOPClassUID"))
-            series_uid = require_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
-            study_uid = require_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+            check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
+        except InvalidInstance as exc:
+            raise RejectedInstance(exc.status, exc.reason) from exc
+        try:
+            sop_uid = require_uid("SOPInstanceUID", _read(ds, "SOPInstanceUID"))
+            sop_class = require_uid("SOPClassUID", _read(ds, "SOPClassUID"))
+            series_uid = require_uid("SeriesInstanceUID", _read(ds, "SeriesInstanceUID"))
+            study_uid = require_uid("StudyInstanceUID", _read(ds, "StudyInstanceUID"))
         except InvalidUIDError as exc:
             raise RejectedInstance(STATUS_INVALID_UID, str(exc)) from exc
-        except Exception as exc:  # pydicom raises many types while decoding a malformed element lazily
-            raise RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {exc}") from exc
         if item.command_sop_instance_uid and item.command_sop_instance_uid.strip() != sop_uid:
             raise RejectedInstance(
                 STATUS_SOP_MISMATCH,
@@ -177,19 +199,16 @@ class Ingest:
             )
         if item.command_sop_class_uid and item.command_sop_class_uid.strip() != sop_class:
             raise RejectedInstance(STATUS_SOP_MISMATCH, f"SOPClassUID {sop_class} differs from the request's")
-        if len(item.data) > self._receive.max_instance_bytes:
-            raise RejectedInstance(
-                STATUS_OUT_OF_RESOURCES,
-                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
-                f"{self._receive.max_instance_bytes}",
-            )
+        # Read here, once, and checked for the columns (so that SQLite and PostgreSQL answer alike);
+        # nothing reads the data set lazily after this.
         return _Identity(
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
             sop_class=sop_class,
             expected=self._expected_count(ds),
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
+            instance_number=_column_int(ds, "InstanceNumber"),
+            modality=_column_text(ds, "Modality"),
         )
 
     def _accept(self, item: Received) -> Accepted:
@@ -454,7 +473,7 @@ class Ingest:
             .values(
                 series_uid=ident.series_uid,
                 study_uid=ident.study_uid,
-                modality=str(item.dataset.get("Modality", "") or "") or None,
+                modality=ident.modality,
                 calling_ae=item.calling_ae,
                 called_ae=item.called_ae,
                 state=SeriesState.RECEIVING,
@@ -496,8 +515,19 @@ class Ingest:
         keyword = self._completion.expected_count_attribute
         if not keyword:
             return None
-        value = _int_or_none(ds.get(keyword))
+        value = _column_int(ds, keyword)
         return value if value and value > 0 else None
+
+    def refuse_undecodable(self, item: Received, exc: Exception) -> RejectedInstance:
+        """For a transport whose decoding of the data set failed (`item.dataset` is empty): the
+        validator's precise reason where it finds one (0xC210 otherwise), audited."""
+        try:
+            check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
+            rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
+        except InvalidInstance as invalid:
+            rejected = RejectedInstance(invalid.status, invalid.reason)
+        self.audit_rejection(item, rejected)
+        return rejected
 
     def audit_rejection(self, item: Received, exc: RejectedInstance) -> None:
         """Record a refused instance; UIDs only if they are valid (never patient data)."""
@@ -550,6 +580,38 @@ class _InFlight:
 
 def _valid_or_none(value: str | None) -> str | None:
     return value if is_valid_uid(value) else None
+
+
+def _read(ds: Dataset, keyword: str) -> object:
+    """An attribute's value, decoded now (pydicom decodes lazily): what node.receive.validate let
+    through decodes, and should a value still fail, the answer names it instead of an exception escaping
+    to pynetdicom (0xC211, no audit row)."""
+    try:
+        return ds.get(keyword)
+    except Exception as exc:  # pydicom raises assorted types for a malformed value
+        reason = f"{keyword} cannot be decoded: {type(exc).__name__}: {exc}"
+        raise RejectedInstance(STATUS_CANNOT_DECODE, reason) from exc
+
+
+def _column_text(ds: Dataset, keyword: str) -> str | None:
+    """A single-valued text attribute for a column (its length was checked by node.receive.validate)."""
+    value = _read(ds, keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue):
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has {len(value)} values, one expected")
+    if not isinstance(value, str):  # pydicom keeps a value it could not convert as bytes (VR UN)
+        raise RejectedInstance(STATUS_CANNOT_DECODE, f"{keyword} cannot be decoded as text")
+    return value.strip() or None
+
+
+def _column_int(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute for an INTEGER column: within PS3.5's IS range (32-bit signed), which both
+    databases hold (SQLite would take a larger one, PostgreSQL would not)."""
+    value = _int_or_none(_read(ds, keyword))
+    if value is not None and not INT32_MIN <= value <= INT32_MAX:
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} {value} is outside the 32-bit range")
+    return value
 
 
 def _int_or_none(value: object) -> int | None:

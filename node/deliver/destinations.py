@@ -71,6 +71,26 @@ class _DestinationBase(_Frozen):
         raise NotImplementedError
 
 
+class DimseTls(_Frozen):
+    """DICOM TLS to a C-STORE peer (docs/security.md, "DICOM TLS")."""
+
+    # Verify the peer's certificate and name (on unless switched off here).
+    verify: bool = True
+    # CAs (PEM bundle) that the peer's certificate must chain to; None: the system's CAs.
+    ca_file: Path | None = None
+    # Our client certificate and key (PEM), for peers that require one.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The name the peer's certificate must carry; None: the destination's host.
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> DimseTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: cert_file and key_file go together")
+        return self
+
+
 class DimseDestination(_DestinationBase):
     """A DICOM peer reached by C-STORE."""
 
@@ -83,6 +103,8 @@ class DimseDestination(_DestinationBase):
     # Transfer syntaxes this peer may be offered, in order of preference. None: offer the stored
     # syntax first, then Explicit and Implicit VR Little Endian (decompressing when only those are accepted).
     transfer_syntaxes: list[str] | None = None
+    # DICOM TLS; None: plain TCP.
+    tls: DimseTls | None = None
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod
@@ -91,7 +113,7 @@ class DimseDestination(_DestinationBase):
 
     @property
     def address(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls is not None else "")
 
 
 class HttpAuth(_Frozen):

@@ -26,7 +26,7 @@ from node.errors import ConfigError
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, NEGOTIATION_PDU_LIMIT
 from node.tls import client_context, server_context
 from tests.nodeutil import make_settings, running_node, scu, store, synthetic_ct, wait_for
-from tests.rawpeer import A_ASSOCIATE_RQ, RawPeer, pdu
+from tests.rawpeer import A_ASSOCIATE_RQ, RawPeer, p_data_tf, pdu
 from tests.tlscerts import CLIENT_CN, CLIENT_SUBJECT, Pki, make_pki, openssl_available
 
 pytestmark = pytest.mark.skipif(not openssl_available(), reason="the openssl command is needed")
@@ -198,6 +198,22 @@ def test_pdu_over_the_cap_on_the_tls_port_gets_a_abort(node: NodeService, pki: P
         assert answer.abort == (2, 6), answer  # service-provider, invalid PDU parameter value
     aborted = wait_for(lambda: events(node, "association.aborted")[seen:], timeout=10, what="an abort row")
     assert str(NEGOTIATION_PDU_LIMIT + 1) in aborted[0].message
+    assert good_peer_gets_in(node, pki)
+
+
+def test_p_data_over_the_cap_inside_a_tls_association_gets_a_abort(node: NodeService, pki: Pki) -> None:
+    assert node.tls_port is not None
+    cap = node.settings.receive.max_pdu_bytes
+    with _tls_raw_peer(node.tls_port, pki) as peer:
+        assert peer.associate(calling_ae=ALLOWED_AE).is_accept
+        peer.send(p_data_tf([(1, 0x00, b"\0" * 64)], declared_length=cap + 1))
+        answer = peer.answer(10)
+        assert answer.abort == (2, 6), answer
+    assert wait_for(
+        lambda: [e for e in events(node, "association.aborted") if str(cap + 1) in e.message],
+        timeout=10,
+        what="an abort row naming the declared length",
+    )
     assert good_peer_gets_in(node, pki)
 
 

@@ -8,6 +8,7 @@ how: docs/security.md, "DICOM TLS".
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,7 +136,8 @@ def _escape(value: str) -> str:
 
 
 def _normalised(subject: str) -> str:
-    return ",".join(part.strip() for part in subject.split(","))
+    """A subject as written in the settings, without spaces around its separating (unescaped) commas."""
+    return ",".join(part.strip() for part in re.split(r"(?<!\\),", subject))
 
 
 def allowed_titles(

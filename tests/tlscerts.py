@@ -8,7 +8,6 @@ per CA, one shared by the leaf certificates) keep the set quick to make.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,6 @@ def _openssl(*args: str | Path, cwd: Path) -> None:
     done = subprocess.run(["openssl", *map(str, args)], cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(map(str, args))} failed: {done.stderr}")
-
-
-def openssl_available() -> bool:
-    return shutil.which("openssl") is not None
 
 
 def _ca(work: Path, name: str, subject: str) -> tuple[Path, Path]:

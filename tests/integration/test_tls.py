@@ -9,21 +9,24 @@ import ssl
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from sqlalchemy import select
 
 from node.app import NodeService
 from node.config import Settings
-from node.db.models import AuditEvent
+from node.db.models import AuditEvent, Instance
 from node.deliver.base import InstanceFile
 from node.deliver.destinations import DimseDestination, DimseTls
 from node.deliver.dimse import DimseSender
 from node.deliver.wire import WireError, WireStore
 from node.errors import ConfigError
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, NEGOTIATION_PDU_LIMIT
+from node.receive import scp as scp_module
 from node.tls import client_context, server_context
 from tests.nodeutil import make_settings, running_node, scu, store, synthetic_ct, wait_for
 from tests.peers import require_binary
@@ -226,6 +229,36 @@ def test_pdu_cut_short_on_the_tls_port_is_closed_at_the_negotiation_deadline(
         assert peer.closed_by_node(10 * NEGOTIATION_TIMEOUT)
     assert any("ARTIM" in e.message for e in events(node, "association.aborted"))
     assert good_peer_gets_in(node, pki)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "pynetdicom"])
+def test_tls_stores_take_the_receive_path_configured(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+) -> None:
+    """The C-STORE receive fast path (node/receive/wire.py) serves TLS associations too."""
+    through_pynetdicom: list[str] = []
+    original = scp_module.handle_store
+
+    def counting(event: Any, *args: Any) -> Any:
+        through_pynetdicom.append(str(event.request.AffectedSOPInstanceUID))
+        return original(event, *args)
+
+    monkeypatch.setattr(scp_module, "handle_store", counting)
+    settings = tls_settings(tmp_path, pki)
+    settings = settings.model_copy(
+        update={"receive": settings.receive.model_copy(update={"fast_path": fast_path})}
+    )
+    datasets = [synthetic_ct("1.2.826.0.1.3680043.8.498.7003", number=n) for n in (1, 2)]
+    with running_node(settings) as service:
+        assert service.tls_port is not None
+        assert tls_store(service.tls_port, pki, datasets) == [0, 0]
+        with service.sessions() as session:
+            stored = {i.sop_instance_uid: i.path for i in session.scalars(select(Instance))}
+        assert set(stored) == {str(ds.SOPInstanceUID) for ds in datasets}
+        for ds in datasets:
+            path = service.spool.absolute(stored[str(ds.SOPInstanceUID)])
+            assert dcmread(path).PixelData == ds.PixelData
+    assert through_pynetdicom == ([] if fast_path else [str(ds.SOPInstanceUID) for ds in datasets])
 
 
 def test_tls_only_opens_no_plain_port(tmp_path: Path, pki: Pki) -> None:

@@ -130,13 +130,19 @@ def test_echoscu_refused(node: NodeService, pki: Pki, case: str) -> None:
 def test_echoscu_with_an_unmapped_calling_ae_is_rejected(node: NodeService, pki: Pki) -> None:
     assert node.tls_port is not None
     result = echoscu(node.tls_port, *tls_args(pki, pki.client, pki.ca), calling_ae="NOTMAPPED")
-    assert result.returncode != 0
-    assert "Calling AE Title Not Recognized" in result.stdout + result.stderr, result.stdout + result.stderr
-    assert wait_for(
+    assert result.returncode != 0, result.stdout + result.stderr
+    [rejected] = wait_for(
         lambda: [e for e in events(node, "association.rejected") if e.calling_ae == "NOTMAPPED"],
         timeout=10,
         what="an association.rejected row",
     )
+    # The A-ASSOCIATE-RJ sent: rejected-permanent, service-user, calling AE title not recognised.
+    assert (rejected.details["result"], rejected.details["source"], rejected.details["diagnostic"]) == (
+        1,
+        1,
+        3,
+    )
+    assert "client_ae_titles" in rejected.message
 
 
 @pytest.mark.parametrize(

@@ -333,6 +333,16 @@ def test_sender_refuses_a_server_it_cannot_verify(
     assert "TLS" in outcome.error and not outcome.sent
 
 
+def test_sender_without_verification_still_speaks_tls(tmp_path: Path, node: NodeService, pki: Pki) -> None:
+    destination = _destination(
+        node, verify=False, ca_file=pki.other_ca, cert_file=pki.client, key_file=pki.key
+    )
+    outcome = DimseSender(make_settings(tmp_path).forward, "NODE").send(
+        destination, _instance_files(tmp_path, 1), lambda f, status: None
+    )
+    assert outcome.error is None and len(outcome.sent) == 1
+
+
 def test_wire_fast_path_declines_a_tls_association(node: NodeService, pki: Pki) -> None:
     assert node.tls_port is not None
     assoc = tls_associate(node.tls_port, pki, pki.client)

@@ -74,15 +74,15 @@ class _DestinationBase(_Frozen):
 class DimseTls(_Frozen):
     """DICOM TLS to a C-STORE peer (docs/security.md, "DICOM TLS")."""
 
-    # Verify the peer's certificate and name (on unless switched off here).
-    verify: bool = True
-    # CAs (PEM bundle) that the peer's certificate must chain to; None: the system's CAs.
-    ca_file: Path | None = None
-    # Our client certificate and key (PEM), for peers that require one.
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    # The name the peer's certificate must carry; None: the destination's host.
-    server_name: str | None = None
+    verify: bool = Field(True, description="verify the peer's certificate and name (on unless switched off)")
+    ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs the peer's certificate must chain to; default: the system's"
+    )
+    cert_file: Path | None = Field(None, description="our client certificate (PEM), for peers that want one")
+    key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    server_name: str | None = Field(
+        None, description="the name the peer's certificate must carry; default: the destination's host"
+    )
 
     @model_validator(mode="after")
     def _pair(self) -> DimseTls:
@@ -103,8 +103,7 @@ class DimseDestination(_DestinationBase):
     # Transfer syntaxes this peer may be offered, in order of preference. None: offer the stored
     # syntax first, then Explicit and Implicit VR Little Endian (decompressing when only those are accepted).
     transfer_syntaxes: list[str] | None = None
-    # DICOM TLS; None: plain TCP.
-    tls: DimseTls | None = None
+    tls: DimseTls | None = Field(None, description="DICOM TLS to this peer; absent: plain TCP")
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod

@@ -165,6 +165,7 @@ class NodeService:
         self.workers: list[JobWorker] = []
         self.health: HealthMonitor | None = None
         self.port: int | None = None
+        self.tls_port: int | None = None
         self.web: WebServer | None = None
         self.web_port: int | None = None
         self._retention_timer: threading.Thread | None = None
@@ -224,6 +225,8 @@ class NodeService:
         receive = self.settings.receive
         try:
             self.port = self.scp.start()
+            # receive.tls: the TLS port (None without TLS); self.port is it too when tls_only.
+            self.tls_port = self.scp.tls_port
         except OSError as exc:
             raise ListenError(receive.host, receive.port, exc.strerror or str(exc)) from None
         open_warning = open_to_anyone(receive)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from node.errors import ConfigError
 from node.yaml_lines import LineDict, load_yaml, yaml_error_line
@@ -33,6 +33,43 @@ class AllowedCaller(_Strict):
 
     ae_title: str
     host: str | None = None
+
+
+class TlsReceiveSettings(_Strict):
+    """DICOM TLS on the SCP (PS3.15 Annex B; docs/security.md, "DICOM TLS"): a listener of its own,
+    beside the plain one or instead of it."""
+
+    # 2762 is the port IANA registered for DICOM over TLS (dicom-tls).
+    port: int = Field(2762, ge=0, le=65535)
+    # The node's certificate (PEM, the chain after it) and its private key (PEM, unencrypted).
+    cert_file: Path
+    key_file: Path
+    # CAs (PEM bundle) that client certificates must chain to; needed to verify clients at all.
+    ca_file: Path | None = None
+    # True: a client without a valid certificate is refused during the handshake (mutual TLS).
+    require_client_cert: bool = False
+    # True: no plain listener; receive.port is not opened.
+    tls_only: bool = False
+    # Client certificate subject (its CN, or the full subject as `openssl x509 -noout -subject
+    # -nameopt RFC2253` prints it) -> the calling AE titles it may use. Empty: no subject check.
+    client_ae_titles: dict[str, list[str]] = {}
+
+    @field_validator("client_ae_titles")
+    @classmethod
+    def _titles_valid(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for subject, titles in v.items():
+            if not subject.strip():
+                raise ValueError("an empty certificate subject")
+            if not titles:
+                raise ValueError(f"subject {subject!r} has no calling AE titles")
+        return {subject.strip(): [validate_ae_title(t) for t in titles] for subject, titles in v.items()}
+
+    @model_validator(mode="after")
+    def _verifiable(self) -> TlsReceiveSettings:
+        if self.ca_file is None and (self.require_client_cert or self.client_ae_titles):
+            needs = "require_client_cert" if self.require_client_cert else "client_ae_titles"
+            raise ValueError(f"{needs} needs ca_file (the CAs that client certificates must chain to)")
+        return self
 
 
 class ReceiveSettings(_Strict):
@@ -70,6 +107,15 @@ class ReceiveSettings(_Strict):
     # C-STORE data read and answered below pynetdicom's DIMSE layer (node/receive/wire.py); false:
     # every request goes through pynetdicom (slower; the same checks and answers).
     fast_path: bool = True
+    # DICOM TLS (docs/security.md); None: no TLS listener.
+    tls: TlsReceiveSettings | None = None
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ReceiveSettings:
+        tls = self.tls
+        if tls is not None and not tls.tls_only and tls.port == self.port and self.port != 0:
+            raise ValueError(f"tls.port {tls.port} is receive.port too: give TLS its own port, or tls_only")
+        return self
 
     @field_validator("ae_title")
     @classmethod
@@ -243,7 +289,15 @@ class ConfigFileError(ConfigError):
 
 
 # The paths in a settings file that are relative to the file, not to the working directory.
-_FILE_RELATIVE = (("data_dir",), ("spool_dir",), ("rules_path",), ("classify", "model_dir"))
+_FILE_RELATIVE = (
+    ("data_dir",),
+    ("spool_dir",),
+    ("rules_path",),
+    ("classify", "model_dir"),
+    ("receive", "tls", "cert_file"),
+    ("receive", "tls", "key_file"),
+    ("receive", "tls", "ca_file"),
+)
 
 
 def load_settings(path: Path | None, overrides: dict[str, object] | None = None) -> Settings:

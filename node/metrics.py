@@ -124,7 +124,8 @@ class NodeMetrics:
         )
         self.associations_rejected = Counter(
             f"{PREFIX}_associations_rejected",
-            "A-ASSOCIATE-RQs rejected: called_ae, calling_ae (not allowed) or busy (shutting down).",
+            "A-ASSOCIATE-RQs rejected: called_ae, calling_ae (not allowed) or busy (shutting down); "
+            "tls_handshake: TLS connections whose handshake failed.",
             ["reason"],
             registry=reg,
         )

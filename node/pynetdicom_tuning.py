@@ -31,7 +31,8 @@ applies.
      no application context) gets A-ABORT "invalid PDU parameter value". Then the connection closes;
    - the body is read into one preallocated buffer with recv_into, as much as the kernel has per
      call (pynetdicom reads 4 KiB at a time: about 130 recv calls per 512x512 CT image).
-   TLS sockets (not used by the node) keep pynetdicom's reader.
+   TLS sockets (the SCP's TLS port, TLS destinations) get the same caps, deadlines and answers through
+   `fill_tls`.
 
 4. DIMSE requests pynetdicom would leave unanswered (DIMSEServiceProvider.receive_primitive and
    Association._serve_request are wrapped): a PDV on an even or not accepted presentation context
@@ -209,6 +210,40 @@ def fill(sock: socket.socket, view: memoryview, deadline: float | None) -> int |
     return read
 
 
+def fill_tls(sock: socket.socket, view: memoryview, deadline: float | None) -> int | None:
+    """`fill` for a TLS socket, same answers. An SSLSocket takes no recv flags, and select/poll cannot
+    tell a complete TLS record from part of one, so the wait is the socket's own timeout, set to what is
+    left of `deadline` before each read and put back after. That is safe because only the DUL thread
+    uses a TLS association's socket: pynetdicom reads and sends there, and node.deliver.wire (which
+    writes from the sender's thread) is not used on TLS associations."""
+    previous = sock.gettimeout()
+    read, size = 0, len(view)
+    try:
+        while read < size:
+            if deadline is None:
+                sock.settimeout(None)
+            else:
+                remaining = deadline - _time.monotonic()
+                if remaining <= 0:
+                    return None
+                sock.settimeout(remaining)
+            try:
+                got = sock.recv_into(view[read:], size - read)
+            except TimeoutError:
+                return None
+            except (OSError, ValueError):  # ssl.SSLError (bad record, alert), reset; closed under us
+                return read
+            if not got:
+                return read
+            read += got
+    finally:
+        try:
+            sock.settimeout(previous)
+        except OSError:
+            pass
+    return read
+
+
 def _deadline(dul: _dul.DULServiceProvider) -> float | None:
     timeout = dul.network_timeout
     if _awaiting_rq(dul) and dul.artim_timer.timeout is not None:
@@ -261,10 +296,6 @@ def _read_pdu(self: _dul.DULServiceProvider) -> None:
     if transport is None or sock is None:
         self.event_queue.put("Evt17")
         return
-    if isinstance(sock, ssl.SSLSocket):
-        # recv_into(..., MSG_DONTWAIT) is not allowed on TLS sockets; the node does not use TLS.
-        _ORIGINAL_READ_PDU(self)
-        return
     state = self.state_machine.current_state
     data = _read_whole_pdu(self, sock, state)
     if data is None:
@@ -286,9 +317,11 @@ def _read_whole_pdu(dul: _dul.DULServiceProvider, sock: socket.socket, state: st
     """The next whole PDU (header included), or None when it could not be read: the peer closed,
     a deadline passed, the type is unknown or the length over the limit (each already answered:
     Evt17 queued, or A-ABORT sent and the connection closed)."""
+    # recv_into(..., MSG_DONTWAIT) is not allowed on TLS sockets: they have a reader of their own.
+    read = fill_tls if isinstance(sock, ssl.SSLSocket) else fill
     deadline = _deadline(dul)
     header = bytearray(6)
-    got = fill(sock, memoryview(header), deadline)
+    got = read(sock, memoryview(header), deadline)
     if got is None:
         _timed_out(dul, "a PDU header")
         return None
@@ -306,7 +339,7 @@ def _read_whole_pdu(dul: _dul.DULServiceProvider, sock: socket.socket, state: st
         return None
     data = bytearray(6 + length)
     data[:6] = header
-    got = fill(sock, memoryview(data)[6:], deadline)
+    got = read(sock, memoryview(data)[6:], deadline)
     if got is None:
         _timed_out(dul, f"a {length}-byte {name}")
         return None
@@ -348,7 +381,7 @@ _REACTOR_WAIT = 0.002
 
 
 def intercept_pdata(assoc: Association, interceptor: PDataInterceptor, calm_reactor: bool = True) -> None:
-    """Offer every P-DATA-TF PDU of `assoc` (plain TCP, Sta6) to `interceptor` before pynetdicom.
+    """Offer every P-DATA-TF PDU of `assoc` (Sta6, plain TCP or TLS) to `interceptor` before pynetdicom.
 
     calm_reactor (acceptors): the association's reactor thread then waits on its message queue
     instead of polling it every 0.1 ms (the capped sleep of 2.): the interceptor runs on the DUL
@@ -595,16 +628,23 @@ def start_server(
     evt_handlers: list[Any],
     max_per_host: int,
     on_refused: Callable[[str, int], None],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_class: type[HostLimitedServer] = HostLimitedServer,
+    **server_kwargs: Any,
 ) -> HostLimitedServer:
-    """ae.start_server(address, block=False, ...) with HostLimitedServer."""
+    """ae.start_server(address, block=False, ...) with HostLimitedServer (or a subclass: the TLS port's,
+    node.receive.tls_listener, with its ssl_context and keyword arguments)."""
     server = cast(
         HostLimitedServer,
         ae.make_server(
             address,
             evt_handlers=evt_handlers,
-            server_class=HostLimitedServer,
+            ssl_context=ssl_context,
+            server_class=server_class,
             max_per_host=max_per_host,
             on_refused=on_refused,
+            **server_kwargs,
         ),
     )
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)

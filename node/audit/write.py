@@ -17,6 +17,7 @@ class Events:
     ASSOCIATION_REJECTED = "association.rejected"
     ASSOCIATION_ABORTED = "association.aborted"
     DIMSE_REFUSED = "dimse.refused"
+    TLS_HANDSHAKE_FAILED = "tls.handshake_failed"
     INSTANCE_STORED = "instance.stored"
     INSTANCE_DUPLICATE = "instance.duplicate"
     INSTANCE_REPLACED = "instance.replaced"

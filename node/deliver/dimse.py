@@ -19,6 +19,11 @@ opens a new association and carries on with the instances not yet acknowledged, 
 The stall has a cause that ``guard_responses`` removes on our associations (see there); the
 reconnect stays as the safety net.
 
+DICOM TLS (``tls:`` on the destination): pynetdicom's ``tls_args``, with a context from node.tls (server
+verification on unless ``verify: false``). node.deliver.wire is not used on TLS associations: every
+instance goes through ``send_c_store``. A failed handshake is told in words (certificate verify
+failed: ..., wrong version number) by one more handshake attempt, as for a failed TCP connection.
+
 Network trouble never escapes as an exception: it becomes ``SendOutcome.error``.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +57,9 @@ from node.deliver.base import (
 from node.deliver.destinations import Destination, DimseDestination
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
 from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
+from node.errors import ConfigError
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, guard_responses, quiet_logging
+from node.tls import client_context, describe_failure
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +193,14 @@ class DimseSender:
         where: str,
     ) -> None:
         ae = self._make_ae(destination)
+        try:
+            tls_args = _tls_args(destination)
+        except ConfigError as exc:
+            outcome.error = f"{where}: {exc}; 0 of {len(files)} instances sent"
+            outcome.retryable = False
+            return
         for plan in plan_associations(destination, files):
-            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where)
+            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where, tls_args)
             if problem is not None:
                 text, retryable = problem
                 unsent = len(files) - len(outcome.sent) - len(outcome.failed)
@@ -229,12 +243,13 @@ class DimseSender:
         on_sent: OnSent,
         outcome: SendOutcome,
         where: str,
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
     ) -> tuple[str, bool] | None:
         """Send the plan's files, reconnecting after stalls. Returns (error text, retryable) or None."""
         pending = list(plan.files)
         stalls = 0
         while pending:
-            assoc, problem = self._associate(ae, destination, plan)
+            assoc, problem = self._associate(ae, destination, plan, tls_args)
             outcome.associations += 1
             if problem is not None:
                 return problem
@@ -267,7 +282,11 @@ class DimseSender:
         return None
 
     def _associate(
-        self, ae: AE, destination: DimseDestination, plan: AssociationPlan
+        self,
+        ae: AE,
+        destination: DimseDestination,
+        plan: AssociationPlan,
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
     ) -> tuple[Association | None, tuple[str, bool] | None]:
         connected: list[bool] = []
         handlers: list[Any] = [
@@ -280,12 +299,15 @@ class DimseSender:
             contexts=plan.contexts(),
             ae_title=destination.ae_title,
             evt_handlers=handlers,
+            tls_args=tls_args,
         )
         if assoc.is_established:
             guard_responses(assoc)
             quiet_logging(assoc)
             return assoc, None
         if not connected:
+            if tls_args is not None:
+                return None, (f"cannot connect with TLS: {_probe_tls(destination, ae, tls_args)}", True)
             return None, (f"cannot connect: {_probe(destination.host, destination.port, ae)}", True)
         rsp = assoc.acceptor.primitive
         if assoc.is_rejected and rsp is not None:
@@ -461,6 +483,33 @@ def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:
         f"stored as {UID(f.transfer_syntax_uid).name}, the peer accepted only {names} "
         f"for {UID(f.sop_class_uid).name}"
     )
+
+
+def _tls_args(destination: DimseDestination) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's tls_args for the destination, None for plain TCP. ConfigError for unusable files."""
+    tls = destination.tls
+    if tls is None:
+        return None
+    context = client_context(
+        verify=tls.verify,
+        ca_file=tls.ca_file,
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        where=f"destination {destination.name!r} tls",
+    )
+    return context, tls.server_name or destination.host
+
+
+def _probe_tls(destination: DimseDestination, ae: AE, tls_args: tuple[ssl.SSLContext, str]) -> str:
+    """Why a TLS connection fails (pynetdicom only logs it): one connect and handshake attempt."""
+    timeout = ae.connection_timeout or 10.0
+    context, server_name = tls_args
+    try:
+        with socket.create_connection((destination.host, destination.port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=server_name):
+                return "the handshake failed, but a second attempt succeeded (peer just came up?)"
+    except (OSError, ValueError) as exc:
+        return describe_failure(exc)
 
 
 def _mark_connected(event: evt.Event, connected: list[bool]) -> None:

@@ -19,6 +19,9 @@ our thread sends one request at a time and waits for its response; the DUL threa
 release or abort, which happen after (or instead of) our writes. A write that fails or does not
 progress within the timeout raises WireError; the caller aborts the association.
 
+Not on TLS associations (WireStore raises WireError; the caller uses pynetdicom's send_c_store): there
+the DUL thread reading the socket and ours writing it would share one SSL connection object.
+
 The seam is small: `WireStore(assoc)` and `WireStore.send(...)`. DimseSender(fast_path=False) uses
 pynetdicom's send_c_store throughout; tests run both and compare what the peer received.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -155,6 +159,10 @@ class WireStore:
         sock = getattr(transport, "socket", None)
         if not isinstance(sock, socket.socket):
             raise WireError("the association has no plain TCP socket")
+        if isinstance(sock, ssl.SSLSocket):
+            # An SSL connection must not be written from one thread while pynetdicom's DUL thread reads
+            # it (OpenSSL's SSL objects are not safe for that), and takes no MSG_DONTWAIT either.
+            raise WireError("TLS association: pynetdicom's sender is used")
         self._sock = sock
         read_store_responses(assoc)
         max_length = int(assoc.acceptor.maximum_length or 0)

@@ -8,6 +8,7 @@ the database row. Completion timers are re-armed through the tracker (a schedule
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from node import audit
 from node.audit import Events
 from node.config import ReceiveSettings
+from node.errors import ListenError
 from node.metrics import NodeMetrics
 from node.pynetdicom_tuning import (
     EVT_PROTOCOL_ERROR,
@@ -54,7 +56,9 @@ from node.pynetdicom_tuning import (
 from node.receive import cstore
 from node.receive.cstore import OnStored, StoreRequest
 from node.receive.ingest import Ingest
+from node.receive.tls_listener import TlsServer
 from node.receive.wire import StoreReceiver
+from node.tls import allowed_titles, server_context, subject_names
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,8 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, calle
 REJECT_BUSY = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
 # The metrics' names for them (dicom_node_associations_rejected_total{reason}).
 REJECT_NAMES = {REJECT_CALLING_AE: "calling_ae", REJECT_CALLED_AE: "called_ae", REJECT_BUSY: "busy"}
+# The metrics' name for a connection to the TLS port whose handshake failed.
+REJECT_TLS = "tls_handshake"
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -106,6 +112,22 @@ def _called_ae(event: evt.Event) -> str | None:
     """The AE title the peer asked for in its A-ASSOCIATE-RQ."""
     primitive = event.assoc.requestor.primitive
     return str(primitive.called_ae_title).strip() if primitive is not None else None
+
+
+def _tls_socket(event: evt.Event) -> ssl.SSLSocket | None:
+    """The association's socket when it came in on the TLS port."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    return sock if isinstance(sock, ssl.SSLSocket) else None
+
+
+def _tls_details(sock: ssl.SSLSocket) -> dict[str, object]:
+    """What an audit row tells of a TLS association: version, cipher, the client certificate's subject."""
+    cipher = sock.cipher()
+    return {
+        "tls_version": sock.version(),
+        "tls_cipher": cipher[0] if cipher else None,
+        "client_subject": subject_names(sock.getpeercert())[1],
+    }
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -145,7 +167,7 @@ def handle_store(event: evt.Event, ingest: Ingest, on_stored: OnStored) -> int |
 def fast_path_handler(
     ingest: Ingest, on_stored: OnStored, max_instance_bytes: int
 ) -> Callable[[evt.Event], None]:
-    """An EVT_CONN_OPEN handler giving each plain-TCP association the C-STORE receive fast path."""
+    """An EVT_CONN_OPEN handler giving each association (plain or TLS) the C-STORE receive fast path."""
 
     def on_open(event: evt.Event) -> None:
         receiver = StoreReceiver(
@@ -172,6 +194,7 @@ class AssociationPolicy:
         self._metrics = metrics or NodeMetrics()
         self._allowed = settings.allowed_callers
         self._answers_to = settings.answers_to if settings.check_called_ae else None
+        self._client_ae_titles = settings.tls.client_ae_titles if settings.tls is not None else {}
         self._sessions = session_factory
         self._draining = threading.Event()
 
@@ -184,19 +207,36 @@ class AssociationPolicy:
             return True
         return any(a.ae_title == calling_ae and (a.host is None or a.host == host) for a in self._allowed)
 
+    def certificate_problem(self, event: evt.Event, calling_ae: str) -> str | None:
+        """Why a TLS client's certificate may not use this calling AE title (receive.tls.client_ae_titles),
+        or None. Plain associations and an empty mapping pass."""
+        sock = _tls_socket(event)
+        if sock is None or not self._client_ae_titles:
+            return None
+        common_name, subject = subject_names(sock.getpeercert())
+        if calling_ae in allowed_titles(self._client_ae_titles, common_name, subject):
+            return None
+        if subject is None:
+            return "no client certificate, and receive.tls.client_ae_titles is set"
+        return f"calling AE title not allowed for certificate {subject!r} (receive.tls.client_ae_titles)"
+
     def on_requested(self, event: evt.Event) -> None:
         calling_ae = _calling_ae(event)
         called_ae = _called_ae(event)
         host = event.assoc.requestor.address
+        certificate_problem = self.certificate_problem(event, calling_ae)
         if self._draining.is_set():
             reason, why = REJECT_BUSY, "node is shutting down"
         elif self._answers_to is not None and called_ae not in self._answers_to:
             reason, why = REJECT_CALLED_AE, f"called AE title {called_ae!r} is not the node's"
         elif not self.is_allowed(calling_ae, host):
             reason, why = REJECT_CALLING_AE, "calling AE title/host not in allowed_callers"
+        elif certificate_problem is not None:
+            reason, why = REJECT_CALLING_AE, certificate_problem
         else:
             return
         self._metrics.record_association_rejected(REJECT_NAMES[reason])
+        tls_details = _tls_details_of(event)  # before the reject closes the connection
         event.assoc.acse.send_reject(*reason)
         logger.warning("association from %s (%s) to %s rejected: %s", calling_ae, host, called_ae, why)
         self._audit(
@@ -204,8 +244,14 @@ class AssociationPolicy:
             why,
             calling_ae,
             _peer(event),
-            {"result": reason[0], "source": reason[1], "diagnostic": reason[2], "called_ae": called_ae},
+            {"result": reason[0], "source": reason[1], "diagnostic": reason[2], "called_ae": called_ae}
+            | tls_details,
         )
+
+    def on_tls_failed(self, peer: str, why: str) -> None:
+        """A connection to the TLS port whose handshake failed (node.receive.tls_listener)."""
+        self._metrics.record_association_rejected(REJECT_TLS)
+        self._audit(Events.TLS_HANDSHAKE_FAILED, f"TLS handshake failed: {why}", None, peer, {"why": why})
 
     def on_protocol_error(self, event: evt.Event) -> None:
         """EVT_PROTOCOL_ERROR (node.pynetdicom_tuning): a malformed or oversized PDU, a timeout, a
@@ -223,9 +269,8 @@ class AssociationPolicy:
 
     def on_accepted(self, event: evt.Event) -> None:
         contexts = sorted({str(cx.transfer_syntax[0]) for cx in event.assoc.accepted_contexts})
-        self._audit(
-            Events.ASSOCIATION_ACCEPTED, "", _calling_ae(event), _peer(event), {"transfer_syntaxes": contexts}
-        )
+        details: dict[str, object] = {"transfer_syntaxes": contexts} | _tls_details_of(event)
+        self._audit(Events.ASSOCIATION_ACCEPTED, "", _calling_ae(event), _peer(event), details)
 
     def _audit(
         self, event_name: str, message: str, calling_ae: str | None, peer: str, details: dict[str, object]
@@ -235,6 +280,11 @@ class AssociationPolicy:
                 audit.record(session, event_name, message, calling_ae=calling_ae, peer=peer, details=details)
         except SQLAlchemyError:
             logger.exception("could not audit %s from %s", event_name, calling_ae)
+
+
+def _tls_details_of(event: evt.Event) -> dict[str, object]:
+    sock = _tls_socket(event)
+    return _tls_details(sock) if sock is not None else {}
 
 
 def build_ae(settings: ReceiveSettings) -> AE:
@@ -265,7 +315,8 @@ def log_refused_connection(host: str, open_connections: int) -> None:
 
 
 class StorageSCP:
-    """Owns the AE and its server thread. node.pynetdicom_tuning.install() must have run."""
+    """Owns the AE and its server threads: the plain port and/or the TLS port (receive.tls), one AE and
+    one set of handlers for both. node.pynetdicom_tuning.install() must have run."""
 
     def __init__(
         self,
@@ -291,18 +342,52 @@ class StorageSCP:
                 (evt.EVT_CONN_OPEN, fast_path_handler(ingest, on_stored, settings.max_instance_bytes))
             )
         self._server: HostLimitedServer | None = None
+        self._tls_server: HostLimitedServer | None = None
+        # Built here so that an unusable certificate or key stops the node before it starts (ConfigError).
+        self._tls_context = server_context(settings.tls) if settings.tls is not None else None
+        self.port: int | None = None
+        self.tls_port: int | None = None
 
     def start(self) -> int:
-        """Start listening; returns the bound port (useful when the configured port is 0)."""
-        self._server = start_server(
-            self.ae,
-            (self._settings.host, self._settings.port),
-            self._handlers,
-            self._settings.max_associations_per_host,
-            log_refused_connection,
-        )
-        port = int(self._server.server_address[1])
-        logger.info("listening as %s on %s:%d", self._settings.ae_title, self._settings.host, port)
+        """Start listening; returns the bound plain port, or the TLS port when tls_only (useful when the
+        configured port is 0). OSError when the plain port cannot be opened, ListenError for the TLS port."""
+        settings, tls = self._settings, self._settings.tls
+        if tls is None or not tls.tls_only:
+            self._server = start_server(
+                self.ae,
+                (settings.host, settings.port),
+                self._handlers,
+                settings.max_associations_per_host,
+                log_refused_connection,
+            )
+            self.port = int(self._server.server_address[1])
+            logger.info("listening as %s on %s:%d", settings.ae_title, settings.host, self.port)
+        if tls is not None:
+            try:
+                self._tls_server = start_server(
+                    self.ae,
+                    (settings.host, tls.port),
+                    self._handlers,
+                    settings.max_associations_per_host,
+                    log_refused_connection,
+                    ssl_context=self._tls_context,
+                    server_class=TlsServer,
+                    handshake_timeout=settings.negotiation_timeout,
+                    on_handshake_failed=self.policy.on_tls_failed,
+                )
+            except OSError as exc:
+                self._shutdown_servers()
+                raise ListenError(settings.host, tls.port, exc.strerror or str(exc)) from None
+            self.tls_port = int(self._tls_server.server_address[1])
+            logger.info(
+                "listening as %s with TLS on %s:%d (client certificates %s)",
+                settings.ae_title,
+                settings.host,
+                self.tls_port,
+                "required" if tls.require_client_cert else "optional" if tls.ca_file else "not checked",
+            )
+        port = self.port if self.port is not None else self.tls_port
+        assert port is not None
         return port
 
     def active_associations(self) -> int:
@@ -323,6 +408,10 @@ class StorageSCP:
         aborted = abort_associations(self.ae)
         if aborted:
             logger.warning("aborted %d associations in progress", aborted)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        self._shutdown_servers()
+
+    def _shutdown_servers(self) -> None:
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None

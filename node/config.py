@@ -86,6 +86,9 @@ class ReceiveSettings(_Strict):
     replacement_from_other_sender: Literal["refuse", "quarantine", "allow"] = "refuse"
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    # Stores are refused (0xA700, nothing written) while the spool's file system would keep less than
+    # this free; they are accepted again as soon as space returns. 0: no floor.
+    min_free_disk_bytes: int = Field(1024**3, ge=0)
     # AE titles the node answers to besides ae_title (A-ASSOCIATE-RQ's called AE title).
     called_ae_titles: list[str] = []
     # False: any called AE title is accepted (for sites whose modalities send to a wrong one).

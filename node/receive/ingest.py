@@ -213,6 +213,7 @@ class Ingest:
 
     def _accept(self, item: Received) -> Accepted:
         ident = self._identify(item)
+        self._check_free_disk(len(item.data))
         for attempt in range(2):
             # The file is hashed, written and fdatasync'd on the spool's I/O threads while this thread
             # does the database work; both must finish before the success status.
@@ -232,6 +233,20 @@ class Ingest:
             finally:
                 _discard_unplaced(self._spool, pending)
         raise AssertionError("unreachable")
+
+    def _check_free_disk(self, size: int) -> None:
+        """0xA700 before anything is written when the spool's file system would keep less than
+        receive.min_free_disk_bytes free after this instance (statvfs: a few microseconds)."""
+        floor = self._receive.min_free_disk_bytes
+        if not floor:
+            return
+        free = self._spool.free_bytes()
+        if free - size < floor:
+            raise RejectedInstance(
+                STATUS_OUT_OF_RESOURCES,
+                f"spool disk has {free // 2**20} MiB free, below receive.min_free_disk_bytes "
+                f"({floor // 2**20} MiB) with this instance",
+            )
 
     def index_spooled(self, relative: str, item: Received) -> Accepted:
         """Record a file that is already durable in the spool at `relative` but has no database row

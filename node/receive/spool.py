@@ -65,6 +65,11 @@ class Spool:
         suffix = f"~{variant}" if variant else ""
         return f"{study}/{series}/{sop}{suffix}.dcm"
 
+    def free_bytes(self) -> int:
+        """Bytes available to the node on the spool's file system."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
     def absolute(self, relative: str) -> Path:
         return self.instances_dir / relative
 

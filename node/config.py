@@ -105,6 +105,8 @@ class ReceiveSettings(_Strict):
     dimse_timeout: float = 30.0
     # An association idle this long is aborted; a PDU that has started must arrive in full within it.
     network_timeout: float = Field(60.0, gt=0)
+    # An established association open longer than this is aborted (audited); 0: no limit.
+    max_association_seconds: float = Field(3600.0, ge=0)
     # pynetdicom polls its sockets with a sleep per loop; see node/pynetdicom_tuning.py.
     poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
     # C-STORE data read and answered below pynetdicom's DIMSE layer (node/receive/wire.py); false:

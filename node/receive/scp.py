@@ -57,6 +57,7 @@ from node.receive import cstore
 from node.receive.cstore import OnStored, StoreRequest
 from node.receive.ingest import Ingest
 from node.receive.tls_listener import TlsServer
+from node.receive.watchdog import AssociationWatchdog
 from node.receive.wire import StoreReceiver
 from node.tls import allowed_titles, server_context, subject_names
 
@@ -272,6 +273,15 @@ class AssociationPolicy:
         details: dict[str, object] = {"transfer_syntaxes": contexts} | _tls_details_of(event)
         self._audit(Events.ASSOCIATION_ACCEPTED, "", _calling_ae(event), _peer(event), details)
 
+    def on_overlong(self, assoc: Association, why: str) -> None:
+        """The watchdog aborted an association open longer than receive.max_association_seconds."""
+        requestor = assoc.requestor
+        primitive = requestor.primitive
+        calling_ae = str(primitive.calling_ae_title).strip() if primitive is not None else None
+        peer = f"{requestor.address}:{requestor.port}"
+        details: dict[str, object] = {"answer": "A-ABORT", "limit": "max_association_seconds"}
+        self._audit(Events.ASSOCIATION_ABORTED, why, calling_ae, peer, details)
+
     def _audit(
         self, event_name: str, message: str, calling_ae: str | None, peer: str, details: dict[str, object]
     ) -> None:
@@ -341,6 +351,12 @@ class StorageSCP:
             self._handlers.append(
                 (evt.EVT_CONN_OPEN, fast_path_handler(ingest, on_stored, settings.max_instance_bytes))
             )
+        self._watchdog: AssociationWatchdog | None = None
+        if settings.max_association_seconds:
+            self._watchdog = AssociationWatchdog(
+                self.ae, settings.max_association_seconds, self.policy.on_overlong
+            )
+            self._handlers.append((evt.EVT_ACCEPTED, self._watchdog.on_accepted))
         self._server: HostLimitedServer | None = None
         self._tls_server: HostLimitedServer | None = None
         # Built here so that an unusable certificate or key stops the node before it starts (ConfigError).
@@ -386,6 +402,8 @@ class StorageSCP:
                 self.tls_port,
                 "required" if tls.require_client_cert else "optional" if tls.ca_file else "not checked",
             )
+        if self._watchdog is not None:
+            self._watchdog.start()
         port = self.port if self.port is not None else self.tls_port
         assert port is not None
         return port
@@ -411,6 +429,8 @@ class StorageSCP:
         self._shutdown_servers()
 
     def _shutdown_servers(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.shutdown()

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import decode
 
 from node.dimse_encoding import text_bytes, uid_bytes
 from node.receive.ingest import (
@@ -80,32 +81,82 @@ def part10_prefix(request: StoreRequest) -> bytes:
     return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
+class _MemoryReader:
+    """The file-like object pydicom's read_dataset needs, over a memoryview: reads copy only what
+    is read (the header), never the whole instance (a BytesIO would copy it)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size < 0 else min(self._position + size, len(self._view))
+        chunk = bytes(self._view[self._position : end])
+        self._position = end
+        return chunk
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._position, 2: len(self._view)}[whence]
+        self._position = max(0, min(base + offset, len(self._view)))
+        return self._position
+
+
+# A header longer than this (after inflating a Deflated data set) is not decoded here; the validator
+# then names the problem. Bounds what a deflate bomb can cost before validation.
+_HEADER_INFLATE_LIMIT = 64 * 2**20
+
+
+_PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float, Pixel Data
+
+
+def _at_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return int(tag) in _PIXEL_DATA_TAGS
+
+
+def decode_header(data_set: memoryview, transfer_syntax_uid: str) -> Dataset:
+    """The data set's elements up to its pixel data, decoded lazily by pydicom (as pynetdicom's
+    `event.dataset` does, without the pixel data, which Ingest does not read)."""
+    syntax = UID(transfer_syntax_uid)
+    view = data_set
+    if syntax.is_deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        view = memoryview(inflater.decompress(data_set, _HEADER_INFLATE_LIMIT))
+    return read_dataset(
+        _MemoryReader(view),  # type: ignore[arg-type]
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=_at_pixel_data,
+    )
+
+
 def store(
     ingest: Ingest, on_stored: OnStored, request: StoreRequest, data_set: bytes | bytearray
 ) -> StoreAnswer:
-    """Decode the header, store durably (Ingest.accept) and say what to answer. Never raises for bad
-    input: a data set that cannot be decoded is 0xC210, a refused one its RejectedInstance status;
-    both are audited by Ingest."""
-    transfer_syntax = UID(request.transfer_syntax_uid)
+    """`store_part10` for a data set received on its own (pynetdicom's path)."""
+    prefix = part10_prefix(request)
+    return store_part10(ingest, on_stored, request, bytearray(prefix) + data_set, len(prefix))
+
+
+def store_part10(
+    ingest: Ingest, on_stored: OnStored, request: StoreRequest, part10: bytearray, data_set_at: int
+) -> StoreAnswer:
+    """Decode the header, store durably (Ingest.accept) and say what to answer. `part10` is the whole
+    file: part10_prefix(request), then the data set from `data_set_at`. Never raises for bad input: a
+    data set that cannot be decoded is 0xC210 (or the validator's precise reason), a refused one its
+    RejectedInstance status; both are audited by Ingest."""
     try:
-        dataset = decode(
-            BytesIO(data_set),
-            transfer_syntax.is_implicit_VR,
-            transfer_syntax.is_little_endian,
-            transfer_syntax.is_deflated,
-        )
+        dataset = decode_header(memoryview(part10)[data_set_at:], request.transfer_syntax_uid)
     except Exception as exc:  # pydicom raises assorted errors on garbage: answer "cannot understand"
         undecodable = Received(
-            part10_prefix(request) + data_set,
-            Dataset(),
-            request.transfer_syntax_uid,
-            request.calling_ae,
-            request.peer,
+            part10, Dataset(), request.transfer_syntax_uid, request.calling_ae, request.peer
         )
         rejected = ingest.refuse_undecodable(undecodable, exc)
         return StoreAnswer(rejected.status, rejected.reason)
     item = Received(
-        data=part10_prefix(request) + data_set,
+        data=part10,
         dataset=dataset,
         transfer_syntax_uid=request.transfer_syntax_uid,
         calling_ae=request.calling_ae,

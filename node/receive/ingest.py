@@ -40,7 +40,7 @@ Outcome = Literal["stored", "duplicate", "replaced", "kept_first", "quarantined"
 class Received:
     """What a transport hands over: the encoded file (preamble + meta + dataset) and its decoded header."""
 
-    data: bytes
+    data: bytes | bytearray
     dataset: Dataset
     transfer_syntax_uid: str
     calling_ae: str | None

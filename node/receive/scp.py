@@ -173,7 +173,7 @@ def fast_path_handler(
     def on_open(event: evt.Event) -> None:
         receiver = StoreReceiver(
             event.assoc,
-            store=lambda request, data_set: cstore.store(ingest, on_stored, request, data_set),
+            store=lambda request, part10, at: cstore.store_part10(ingest, on_stored, request, part10, at),
             too_large=lambda request, size: cstore.too_large(ingest, request, size, max_instance_bytes),
             max_instance_bytes=max_instance_bytes,
             request_for=store_request,

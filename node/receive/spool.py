@@ -73,7 +73,7 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.instances_dir / relative
 
-    def stage(self, data: bytes, digest: str | None = None) -> StagedFile:
+    def stage(self, data: bytes | bytearray, digest: str | None = None) -> StagedFile:
         """Write `data` to a temporary file and fdatasync it; place() or discard() it next."""
         digest = digest or sha256_hex(data)
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
@@ -94,7 +94,7 @@ class Spool:
             ) from exc
         return StagedFile(Path(tmp_name), digest, len(data))
 
-    def stage_async(self, data: bytes) -> PendingFile:
+    def stage_async(self, data: bytes | bytearray) -> PendingFile:
         """Hash, then stage(), on the spool's I/O threads, so that the caller does its database work
         meanwhile (SHA-256, write and fdatasync all release the GIL). The digest is available as soon
         as it is computed, before the file is durable."""
@@ -160,7 +160,7 @@ class Spool:
                 return
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

@@ -53,15 +53,16 @@ from node.dimse_encoding import (
     uid_value,
     us_value,
 )
-from node.receive.cstore import ERROR_COMMENT_MAX, StoreAnswer, StoreRequest
+from node.receive.cstore import ERROR_COMMENT_MAX, StoreAnswer, StoreRequest, part10_prefix
 
 logger = logging.getLogger(__name__)
 
 # Reads the next whole PDU of the association (caps and deadlines applied), or None when the
 # connection ended or was aborted (the reader has already told pynetdicom).
 ReadPdu = Callable[[], bytearray | None]
-# Stores one instance and says what to answer (node.receive.cstore.store with its dependencies bound).
-StoreFn = Callable[[StoreRequest, bytearray], StoreAnswer]
+# Stores one instance and says what to answer (node.receive.cstore.store_part10 with its dependencies
+# bound): the whole Part 10 file, and where its data set starts.
+StoreFn = Callable[[StoreRequest, bytearray, int], StoreAnswer]
 # Answers an instance dropped while it arrived because it passed the size limit.
 TooLargeFn = Callable[[StoreRequest, int], StoreAnswer]
 # Sends A-ABORT (invalid PDU parameter) with a reason and closes: node.pynetdicom_tuning's.
@@ -164,7 +165,14 @@ class StoreReceiver:
         read_next: ReadPdu,
         abort: AbortFn,
     ) -> bytearray | None:
-        data_set = bytearray()
+        assert command.sop_class_uid is not None and command.sop_instance_uid is not None
+        assert command.message_id is not None
+        request = self._request_for(
+            self._assoc, transfer_syntax, command.sop_class_uid, command.sop_instance_uid
+        )
+        # One buffer, the file as it will be spooled: the File Meta first, the fragments appended to it.
+        prefix = part10_prefix(request)
+        part10 = bytearray(prefix)
         size = 0
         last = False
         while True:
@@ -178,9 +186,9 @@ class StoreReceiver:
                     return None
                 size += pdv.end - pdv.start
                 if size <= self._max_bytes:
-                    data_set += memoryview(pdu)[pdv.start : pdv.end]
-                elif data_set:
-                    data_set = bytearray()  # past the limit: drop what came, count the rest
+                    part10 += memoryview(pdu)[pdv.start : pdv.end]
+                elif len(part10) > len(prefix):
+                    part10 = bytearray()  # past the limit: drop what came, count the rest
                 if pdv.is_last:
                     last = True
                     break
@@ -201,15 +209,10 @@ class StoreReceiver:
                 abort("malformed P-DATA-TF PDU (PDV items do not fill the PDU)")
                 return None
             pdu, pdvs = following, parsed
-        assert command.sop_class_uid is not None and command.sop_instance_uid is not None
-        assert command.message_id is not None
-        request = self._request_for(
-            self._assoc, transfer_syntax, command.sop_class_uid, command.sop_instance_uid
-        )
         if size > self._max_bytes:
             answer = self._too_large(request, size)
         else:
-            answer = self._store(request, data_set)
+            answer = self._store(request, part10, len(prefix))
         self._send(
             c_store_response(
                 context_id, command.sop_class_uid, command.sop_instance_uid, command.message_id, answer

@@ -20,7 +20,7 @@ from pydicom.uid import UID
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from node.db.models import AuditEvent, Instance, Job, SentInstance, Series
+from node.db.models import AuditEvent, Instance, Job, JobState, QuarantinedInstance, SentInstance, Series
 from node.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,20 @@ def sent_counts(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
     return {job_id: count for job_id, count in rows}
 
 
-def job_dict(job: Job, sent: int) -> dict[str, Any]:
+def quarantined_counts(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
+    """How many instances each delivery quarantined (quarantined_instances rows: refused or unreadable)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(QuarantinedInstance.job_id, func.count())
+        .where(QuarantinedInstance.job_id.in_(job_ids))
+        .group_by(QuarantinedInstance.job_id)
+    ).all()
+    return {job_id: count for job_id, count in rows}
+
+
+def job_dict(job: Job, sent: int, quarantined: int = 0) -> dict[str, Any]:
+    """A job for the CLI and the HTTP read side. `partial`: a done delivery that quarantined instances."""
     return {
         "job_id": job.id,
         "kind": job.kind,
@@ -168,6 +181,8 @@ def job_dict(job: Job, sent: int) -> dict[str, Any]:
         "last_error": job.last_error,
         "rules": list(job.rules) if job.rules is not None else None,
         "sent_instances": sent,
+        "quarantined_instances": quarantined,
+        "partial": job.state == JobState.DONE and quarantined > 0,
         "target": plan_target(job.plan),
         "rules_sha256": job.plan.get("rules_sha256") if isinstance(job.plan, dict) else None,
     }
@@ -233,10 +248,11 @@ def series_story(session: Session, series_uid: str) -> dict[str, Any]:
         }
 
     sent = sent_counts(session, job_ids)
+    quarantined = quarantined_counts(session, job_ids)
     return {
         "series": _series_dict(series),
         "instances": _instance_summary(session, series.id),
-        "jobs": [job_dict(j, sent.get(j.id, 0)) for j in jobs],
+        "jobs": [job_dict(j, sent.get(j.id, 0), quarantined.get(j.id, 0)) for j in jobs],
         "events": [event_dict(e) for e in events],
     }
 

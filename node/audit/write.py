@@ -31,6 +31,7 @@ class Events:
     ROUTE_FAILED = "route.failed"
     DELIVERY_QUEUED = "delivery.queued"
     DELIVERY_ATTEMPT = "delivery.attempt"
+    INSTANCE_QUARANTINED = "instance.quarantined"
     DELIVERY_WRITEBACK = "delivery.writeback"
     DELIVERY_DONE = "delivery.done"
     DELIVERY_REPORT = "delivery.report"

@@ -19,6 +19,10 @@ opens a new association and carries on with the instances not yet acknowledged, 
 The stall has a cause that ``guard_responses`` removes on our associations (see there); the
 reconnect stays as the safety net.
 
+Per-instance outcome (node.deliver.base): a failure status that is the instance's (A9xx, Cxxx, 0117)
+and a spooled file that cannot be read, parsed or transcoded quarantine that instance, and the send goes
+on with the next one; any other failure status is recorded in ``failed`` and fails the attempt.
+
 Network trouble never escapes as an exception: it becomes ``SendOutcome.error``.
 """
 
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -45,10 +50,12 @@ from node.deliver.base import (
     OnSent,
     SendOutcome,
     is_delivered,
+    is_instance_refusal,
     status_is_retryable,
     timed_send,
 )
 from node.deliver.destinations import Destination, DimseDestination
+from node.deliver.spooled import unreadable_reason
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
 from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, guard_responses, quiet_logging
@@ -142,7 +149,12 @@ _NOT_ON_WIRE = -1
 
 
 class _Unsendable(Exception):
-    """This instance cannot be sent on this association (no usable context, unreadable file)."""
+    """This instance cannot be sent on this association: no usable context (`quarantine` False: the
+    destination's choice, which fails the attempt), or a file that cannot be transcoded (True)."""
+
+    def __init__(self, message: str, quarantine: bool = False) -> None:
+        super().__init__(message)
+        self.quarantine = quarantine
 
 
 @dataclass
@@ -326,7 +338,7 @@ class DimseSender:
             try:
                 payload = _payload(f, accepted.get(f.sop_class_uid, []))
             except _Unsendable as exc:
-                outcome.failed[f.instance_id] = str(exc)
+                (outcome.quarantined if exc.quarantine else outcome.failed)[f.instance_id] = str(exc)
                 continue
             msg_id = msg_id % 65535 + 1
             answer: int | _Lost | None = _NOT_ON_WIRE
@@ -343,9 +355,13 @@ class DimseSender:
             if is_delivered(answer):
                 outcome.sent.append(f.instance_id)
                 on_sent(f, answer)
+                continue
+            refusal = f"status {describe_status(answer)}"
+            if is_instance_refusal(answer):
+                outcome.quarantined[f.instance_id] = refusal
             else:
-                outcome.failed[f.instance_id] = f"status {describe_status(answer)}"
-                logger.warning("C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(answer))
+                outcome.failed[f.instance_id] = refusal
+            logger.warning("C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(answer))
         return [], None
 
     def _wire_for(self, assoc: Association) -> WireStore | None:
@@ -382,7 +398,7 @@ class DimseSender:
         """Send one as-stored instance with node.deliver.wire.
 
         Returns the status, why the association is lost, None when the file cannot be read (recorded
-        in outcome.failed, nothing was sent), or _NOT_ON_WIRE for a file to send with pynetdicom.
+        in outcome.quarantined, nothing was sent), or _NOT_ON_WIRE for a file to send with pynetdicom.
         """
         asked = time.monotonic()
         try:
@@ -390,7 +406,7 @@ class DimseSender:
         except NotPlainPart10:
             return _NOT_ON_WIRE
         except UnreadableFile as exc:
-            outcome.failed[f.instance_id] = str(exc)
+            outcome.quarantined[f.instance_id] = str(exc)
             return None
         except WireError as exc:
             # Part of a message may be on the wire: the association cannot be used any more.
@@ -424,17 +440,28 @@ class DimseSender:
         """Send one instance with pynetdicom's send_c_store (transcoded data sets, unusual files).
 
         Returns the status, why the association is lost, or None when this instance failed locally
-        (recorded in outcome.failed) and the association can go on.
+        (recorded in outcome.quarantined: pynetdicom raises before anything is sent) and the
+        association can go on.
         """
+        if isinstance(payload, Path):
+            # pynetdicom would send an empty or headless file's bytes as they are: check its head first.
+            reason = unreadable_reason(payload)
+            if reason is not None:
+                outcome.quarantined[f.instance_id] = reason
+                return None
         asked = time.monotonic()
         try:
             rsp = assoc.send_c_store(payload, msg_id=msg_id)
+        except InvalidDicomError as exc:
+            outcome.quarantined[f.instance_id] = f"{f.path} is not a readable DICOM file: {exc}"
+            return None
         except (ValueError, AttributeError) as exc:
-            # No matching context after all, missing file meta, or the data set cannot be encoded.
-            outcome.failed[f.instance_id] = f"cannot send: {exc}"
+            # Missing or unreadable File Meta, or a data set that cannot be encoded (the contexts were
+            # matched before: _payload).
+            outcome.quarantined[f.instance_id] = f"cannot send {f.path}: {exc}"
             return None
         except OSError as exc:
-            outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
+            outcome.quarantined[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
             return None
         except RuntimeError:
             return _Lost("association ended by the peer", stalled=False)
@@ -455,7 +482,7 @@ def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:
             try:
                 return load_for_target(f.path, f.transfer_syntax_uid)
             except TranscodeError as exc:
-                raise _Unsendable(str(exc)) from exc
+                raise _Unsendable(str(exc), quarantine=True) from exc
     names = ", ".join(UID(ts).name for ts in accepted)
     raise _Unsendable(
         f"stored as {UID(f.transfer_syntax_uid).name}, the peer accepted only {names} "

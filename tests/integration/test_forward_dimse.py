@@ -242,15 +242,16 @@ def test_many_sop_classes_are_split_over_associations(tmp_path: Path, sender: Di
     assert sorted(rec.ids) == sorted(f.instance_id for f in files)
 
 
-def test_unreadable_file_fails_that_instance_only(tmp_path: Path, sender: DimseSender) -> None:
+def test_unreadable_file_quarantines_that_instance_only(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 3)
     files[1].path.unlink()
     rec = Recorder()
     with in_process_scp() as scp:
         outcome = sender.send(destination(scp.port), files, rec)
     assert rec.ids == [files[0].instance_id, files[2].instance_id]
-    assert list(outcome.failed) == [files[1].instance_id]
-    assert not outcome.ok
+    assert list(outcome.quarantined) == [files[1].instance_id] and outcome.failed == {}
+    assert str(files[1].path) in outcome.quarantined[files[1].instance_id]
+    assert outcome.ok, outcome.error
 
 
 def test_on_sent_error_propagates(tmp_path: Path, sender: DimseSender) -> None:

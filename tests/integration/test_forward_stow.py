@@ -89,22 +89,44 @@ def test_partial_failure_gives_per_instance_outcomes(tmp_path: Path) -> None:
     assert [uid for uid, _ in acknowledged] == [f.instance_id for f in files if f.sop_instance_uid
                                                 not in (busy, refused)]
     assert dict(acknowledged)[files[2].instance_id] == 0xB000
-    assert set(outcome.failed) == {files[1].instance_id, files[4].instance_id}
+    # Out of resources is the destination's trouble: failed, retried. Cannot understand is the instance's:
+    # quarantined, it does not fail the attempt (node.deliver.base.is_instance_refusal).
+    assert set(outcome.failed) == {files[1].instance_id}
     assert "0xA700 (out of resources)" in outcome.failed[files[1].instance_id]
     assert "HTTP 202" in outcome.failed[files[1].instance_id]
-    assert "0xC000 (cannot understand)" in outcome.failed[files[4].instance_id]
+    assert set(outcome.quarantined) == {files[4].instance_id}
+    assert "0xC000 (cannot understand)" in outcome.quarantined[files[4].instance_id]
     assert outcome.statuses[files[1].instance_id] == 0xA700
-    assert outcome.error is not None and "2 of 6 instances failed" in outcome.error
+    assert outcome.statuses[files[4].instance_id] == 0xC000
+    assert outcome.error is not None and "1 of 6 instances failed" in outcome.error
     assert outcome.retryable  # the 0xA700 one may pass next time
 
 
-def test_only_permanent_refusals_are_not_retryable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reason", [0xC000, 0xA900, 0x0117])
+def test_refusals_of_the_instance_quarantine_it_only(tmp_path: Path, reason: int) -> None:
     files = make_series(tmp_path, 3)
-    refused = {files[0].sop_instance_uid: 0xC000}
+    refused = {files[0].sop_instance_uid: reason}
     with stow_peer(lambda r: StowAnswer.store_response(r, failed=refused)) as peer:
         outcome, acknowledged = send(destination(peer.url), files)
-    assert len(acknowledged) == 2
-    assert not outcome.ok and not outcome.retryable
+    assert [i for i, _ in acknowledged] == [files[1].instance_id, files[2].instance_id]
+    assert outcome.ok, outcome.error
+    assert list(outcome.quarantined) == [files[0].instance_id] and outcome.failed == {}
+    assert f"FailureReason 0x{reason:04X}" in outcome.quarantined[files[0].instance_id]
+
+
+def test_spool_file_without_part10_head_is_quarantined_before_the_request(tmp_path: Path) -> None:
+    """Its bytes never reach the server, where they could spoil the request of the others."""
+    files = make_series(tmp_path, 3)
+    with open(files[1].path, "r+b") as f:
+        f.write(b"\xff" * 200)  # preamble, DICM and File Meta overwritten on disk
+    with stow_peer() as peer:
+        outcome, acknowledged = send(destination(peer.url, batch_size=10), files)
+    assert outcome.ok, outcome.error
+    assert peer.received_uids() == [files[0].sop_instance_uid, files[2].sop_instance_uid]
+    assert [i for i, _ in acknowledged] == [files[0].instance_id, files[2].instance_id]
+    assert list(outcome.quarantined) == [files[1].instance_id]
+    assert str(files[1].path) in outcome.quarantined[files[1].instance_id]
+    assert "not a DICOM Part 10 file" in outcome.quarantined[files[1].instance_id]
 
 
 def test_conflict_with_every_instance_refused(tmp_path: Path) -> None:

@@ -123,7 +123,12 @@ class ReportStep:
                 {**details, "outcome": "sent"},
             )
             return None
-        error = outcome.error or "the structured report was not acknowledged"
+        # A refusal of the SR itself comes back as quarantined (it is the instance's): here it fails the
+        # step as before, with the destination's reason.
+        refused = next(iter(outcome.quarantined.values()), None)
+        error = outcome.error or (
+            f"refused: {refused}" if refused else "the structured report was not acknowledged"
+        )
         error = f"structured report {uids.sop_instance_uid}: {error}"
         outcome.error = error
         self._record(

@@ -22,10 +22,12 @@ from node.app import NodeService
 from node.db.models import Instance, JobState, QuarantinedInstance
 from node.deliver.wire import WireStore
 from node.deliveries import list_deliveries, render_deliveries
+from node.writeback import private
 from tests.interop.e2e import events, jobs_in, write_rules
 from tests.nodeutil import make_settings, running_node, store, synthetic_ct, wait_for
 from tests.peers import in_process_scp
 from tests.stowpeer import StowAnswer, StowRequest, stow_peer
+from tests.writebackutil import CannedAnalyser, sample_results
 
 FORWARD = {"max_attempts": 5, "backoff_initial_seconds": 0.1, "backoff_max_seconds": 0.2}
 
@@ -150,3 +152,42 @@ def test_stow_delivery_quarantines_the_refused_and_the_unreadable(tmp_path: Path
     # Requests of two; the damaged file was left out of the third before it was built; the retry
     # carried only the instance that was out of resources, not the refused one.
     assert [r.sop_instance_uids for r in peer.requests] == [uids[0:2], uids[2:4], [uids[4]], [busy]]
+
+
+def test_writeback_copy_of_an_unreadable_file_is_quarantined(tmp_path: Path) -> None:
+    """With write-back the node makes a copy of each file before sending: a spooled file that cannot be
+    read any more at the retry is quarantined there, not retried until the dead letter."""
+    private.register()
+    series = generate_uid()
+    datasets = [synthetic_ct(series, number=n) for n in range(1, 5)]
+    busy = str(datasets[2].SOPInstanceUID)
+    holder: list[NodeService] = []
+    damaged: list[Path] = []
+
+    def status_for(uid: str) -> int:
+        if uid == busy and not damaged:
+            # Out of resources for it the first time; meanwhile its spooled file is damaged on disk.
+            damaged.append(corrupt_spooled(holder[0], busy))
+            return 0xA700
+        return 0x0000
+
+    with in_process_scp(status_for=status_for) as scp:
+        rules = write_rules(tmp_path / "rules.yaml", {"pacs": {"ae_title": "TESTSCP", "host": "127.0.0.1",
+                                                              "port": scp.port,
+                                                              "writeback": {"mode": "attributes"}}})
+        settings = make_settings(tmp_path, rules_path=str(rules), forward=FORWARD)
+        with running_node(settings, analyser=CannedAnalyser(sample_results())) as node:
+            holder.append(node)
+            assert store(node.port, datasets) == [0] * 4
+            wait_for(lambda: events(node, "delivery.done"), timeout=60, what="the delivery to end")
+            [row] = events(node, "instance.quarantined")
+            [done] = events(node, "delivery.done")
+            [job] = jobs_in(node, "deliver")
+        received = scp.uids()
+
+    assert job.state == JobState.DONE and job.attempts == 2
+    assert row.sop_instance_uid == busy and row.details is not None and row.details["by"] == "node"
+    assert row.details["attempt"] == 2 and "write-back copy" in row.message
+    assert done.details is not None and done.details["partial"] is True and done.details["sent_total"] == 3
+    assert sorted(received) == sorted(str(ds.SOPInstanceUID) for ds in datasets)  # busy once: refused
+    assert received.count(busy) == 1

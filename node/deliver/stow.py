@@ -11,7 +11,12 @@ Per-instance outcome, from the Store Instances Response (``application/dicom+jso
 - in ReferencedSOPSequence: delivered (status 0, or its WarningReason: delivered with a warning);
 - in FailedSOPSequence: quarantined when its FailureReason is the instance's (0xA9xx, 0xCxxx, 0x0117:
   node.deliver.base.is_instance_refusal), otherwise failed, retryable for 0xA7xx and 0x0110 only;
-- in neither, after a 2xx: failed, retryable ("not acknowledged"): a 200 alone is never a delivery.
+- in neither, after a 2xx: failed, retryable ("not acknowledged"): a 200 alone is never a delivery;
+- in neither, after a 400 (bad syntax) whose body answers for other instances of the request, or for
+  a request of that one instance: quarantined. The server could not read it, not even its UID (Orthanc
+  answers so for a data set it cannot parse: 400, the others in ReferencedSOPSequence, an empty
+  FailedSOPSequence), and the same bytes get the same answer. A 400 that names none of several
+  instances says nothing about any one of them: they fail, as after a 2xx.
 
 A spooled file whose head is not a Part 10 file's (node.deliver.spooled) is quarantined before the
 request is built, so that it cannot spoil the request of the instances batched with it.
@@ -377,6 +382,10 @@ class StowSender:
             for f in batch:
                 outcome.failed[f.instance_id] = text
             return _BatchProblem(text, retryable, tuple(f.instance_id for f in batch))
+        # See the module docstring: after a 400, who is missing from the answer could not be read.
+        named = parsed.referenced.keys() | parsed.failed.keys()
+        answered = sum(f.sop_instance_uid in named for f in batch)
+        unreadable = status == 400 and (answered > 0 or len(batch) == 1)
         for f in batch:
             uid = f.sop_instance_uid
             if uid in parsed.referenced:
@@ -389,6 +398,10 @@ class StowSender:
                 outcome.statuses[f.instance_id] = reason
                 refused = outcome.quarantined if is_instance_refusal(reason) else outcome.failed
                 refused[f.instance_id] = f"{http}, {describe_reason(reason)}"
+            elif unreadable:
+                outcome.quarantined[f.instance_id] = (
+                    f"{http} without this instance in the response: the server could not read it"
+                )
             else:
                 # Not acknowledged: whatever the status, the instance is not counted as delivered.
                 outcome.failed[f.instance_id] = f"{http} without this instance in the response"

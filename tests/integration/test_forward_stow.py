@@ -4,6 +4,7 @@ HTTP failures, timeouts, auth secrets read at send time and never shown."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import tracemalloc
 from pathlib import Path
@@ -148,6 +149,45 @@ def test_ok_without_the_instance_in_the_response_is_not_sent(tmp_path: Path) -> 
     assert [i for i, _ in acknowledged] == [files[0].instance_id, files[2].instance_id]
     assert outcome.failed == {files[1].instance_id: "HTTP 200 OK without this instance in the response"}
     assert outcome.retryable
+
+
+def test_bad_request_without_the_instance_quarantines_it(tmp_path: Path) -> None:
+    """Orthanc's answer to a part it cannot parse: 400, the others referenced, the bad one nowhere."""
+    files = make_series(tmp_path, 3)
+    missing = files[1].sop_instance_uid
+    with stow_peer(lambda r: StowAnswer.store_response(r, omit=frozenset({missing}), status=400)) as peer:
+        outcome, acknowledged = send(destination(peer.url), files)
+    assert [i for i, _ in acknowledged] == [files[0].instance_id, files[2].instance_id]
+    assert outcome.ok, outcome.error
+    assert outcome.quarantined == {
+        files[1].instance_id: "HTTP 400 Bad Request without this instance in the response: "
+        "the server could not read it"
+    }
+
+
+def test_bad_request_for_one_instance_alone_quarantines_it(tmp_path: Path) -> None:
+    files = make_series(tmp_path, 2)
+    bad = files[0].sop_instance_uid
+    # What Orthanc answers for a request of one part it cannot parse: both sequences empty.
+    empty = StowAnswer(400, json.dumps({"00081198": {"vr": "SQ"}, "00081199": {"vr": "SQ"}}).encode())
+
+    def answer(request: StowRequest) -> StowAnswer:
+        return empty if request.sop_instance_uids == [bad] else StowAnswer.store_response(request)
+
+    with stow_peer(answer) as peer:
+        outcome, acknowledged = send(destination(peer.url, batch_size=1), files)
+    assert [i for i, _ in acknowledged] == [files[1].instance_id]
+    assert list(outcome.quarantined) == [files[0].instance_id] and outcome.ok
+
+
+def test_bad_request_naming_none_of_several_fails_them(tmp_path: Path) -> None:
+    """Nothing says which part was bad (or whether our request was): no quarantine, the attempt fails."""
+    files = make_series(tmp_path, 2)
+    with stow_peer(lambda r: StowAnswer.store_response(r, omit=frozenset(r.sop_instance_uids), status=400)
+                   ) as peer:
+        outcome, acknowledged = send(destination(peer.url), files)
+    assert acknowledged == [] and outcome.quarantined == {}
+    assert set(outcome.failed) == {f.instance_id for f in files} and not outcome.ok
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ from node.deliver.base import (
     timed_send,
 )
 from node.deliver.destinations import Destination, DimseDestination
-from node.deliver.spooled import unreadable_reason
+from node.deliver.spooled import parse_problem, unreadable_reason
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
 from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, guard_responses, quiet_logging
@@ -159,10 +159,12 @@ class _Unsendable(Exception):
 
 @dataclass
 class _Lost:
-    """The association ended before every instance was answered."""
+    """The association ended before every instance was answered; `instance`: the one being sent or
+    waited for when it happened (None when it ended between two instances)."""
 
     text: str
     stalled: bool
+    instance: InstanceFile | None = None
 
 
 class DimseSender:
@@ -262,6 +264,9 @@ class DimseSender:
                         assoc.abort()
             if lost is None:
                 return None
+            if lost.instance is not None and self._quarantine_unparsable(lost, outcome, where):
+                pending = [f for f in pending if f is not lost.instance]
+                continue  # a new association for the others; each pass removes one instance
             if lost.stalled and stalls < self._settings.stall_retries:
                 stalls += 1
                 logger.warning(
@@ -277,6 +282,27 @@ class DimseSender:
                 return f"{lost.text} (after {stalls} reconnect(s))", True
             return lost.text, True
         return None
+
+    @staticmethod
+    def _quarantine_unparsable(lost: _Lost, outcome: SendOutcome, where: str) -> bool:
+        """After an association was lost on an instance: quarantine it if the node cannot parse its file
+        either. Real peers do not answer a data set they cannot read with a failure status: Orthanc
+        sends no response (a stall), dcmtk's storescp aborts. Only then is the file parsed in full
+        (node.deliver.spooled.parse_problem), so the as-stored sending stays as cheap as it is; a
+        file that parses keeps the loss the destination's trouble (reconnect or retry as before)."""
+        assert lost.instance is not None
+        reason = parse_problem(lost.instance.path, lost.instance.sop_instance_uid)
+        if reason is None:
+            return False
+        outcome.quarantined[lost.instance.instance_id] = f"{reason}; the destination: {lost.text}"
+        logger.warning(
+            "%s: %s; SOP Instance %s quarantined (%s), going on with the others",
+            where,
+            lost.text,
+            lost.instance.sop_instance_uid,
+            reason,
+        )
+        return True
 
     def _associate(
         self, ae: AE, destination: DimseDestination, plan: AssociationPlan
@@ -379,11 +405,13 @@ class DimseSender:
                 f"no C-STORE response within dimse_timeout {self._settings.dimse_timeout:g} s "
                 f"for SOP Instance {f.sop_instance_uid}",
                 stalled=True,
+                instance=f,
             )
         return _Lost(
             f"association aborted while waiting for the C-STORE response for SOP Instance "
             f"{f.sop_instance_uid}",
             stalled=False,
+            instance=f,
         )
 
     def _store_on_wire(
@@ -415,7 +443,7 @@ class DimseSender:
                 text = "association aborted by the peer (or connection closed) while sending SOP Instance"
             else:
                 text = "sending stalled (the peer stopped reading) at SOP Instance"
-            return _Lost(f"{text} {f.sop_instance_uid}: {exc}", stalled=False)
+            return _Lost(f"{text} {f.sop_instance_uid}: {exc}", stalled=False, instance=f)
         except OSError as exc:  # reading the spool file
             assoc.abort()
             return _Lost(f"cannot read {f.path}: {exc.strerror or exc}", stalled=False)
@@ -431,6 +459,7 @@ class DimseSender:
                 f"unexpected {type(rsp).__name__} from the peer in answer to the C-STORE of "
                 f"SOP Instance {f.sop_instance_uid}",
                 stalled=False,
+                instance=f,
             )
         return int(status)
 
@@ -464,7 +493,7 @@ class DimseSender:
             outcome.quarantined[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
             return None
         except RuntimeError:
-            return _Lost("association ended by the peer", stalled=False)
+            return _Lost("association ended by the peer", stalled=False, instance=f)
         status = rsp.get("Status")
         if status is None:
             return self._no_response(asked, f)

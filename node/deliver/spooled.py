@@ -1,5 +1,6 @@
 """Can a spooled file still be sent as stored? A cheap check of its head, before a sender puts it in a
-request where one bad file would spoil the others (a STOW-RS body of several instances).
+request where one bad file would spoil the others (a STOW-RS body of several instances); and a full
+parse, for the rare moment when a destination lost the association on an instance (parse_problem).
 
 It reads 144 bytes: the preamble, "DICM" and the File Meta group length, and checks that a data set
 follows the File Meta (a File Meta that does not start with its group length is left to pynetdicom,
@@ -11,7 +12,14 @@ refuse, which quarantines the instance too (node.deliver.base.is_instance_refusa
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from pydicom.valuerep import VR
 
 from node.deliver.wire import HEAD_BYTES, PREAMBLE_BYTES, offset_from_head
 
@@ -32,3 +40,58 @@ def unreadable_reason(path: Path) -> str | None:
     if offset >= size:
         return f"spool file {path} has no data set after its File Meta ({size} bytes, data set at {offset})"
     return None
+
+
+_KNOWN_VRS = frozenset(v.value for v in VR)
+# What pydicom raises for a data set it cannot read (lengths past the end, garbage tags or VRs, values
+# that do not decode); a reading problem, not a bug of ours.
+_PARSE_ERRORS = (
+    InvalidDicomError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    EOFError,
+    OverflowError,
+    NotImplementedError,
+    AttributeError,
+    struct.error,
+    OSError,
+)
+
+
+def parse_problem(path: Path, sop_instance_uid: str) -> str | None:
+    """None when pydicom reads the whole file into a data set that is still this instance (its SOP
+    Instance UID, every element with a known VR, uncompressed pixel data as long as its header says);
+    else why not, naming the file. pydicom reads damaged bytes leniently (warnings, elements swallowed
+    by a bogus length), hence the checks of what came out.
+
+    Costs a full read and decode of the file, so it is not on the sending path: DimseSender calls it
+    only after the destination lost an association on that instance."""
+    try:
+        ds = dcmread(path)
+        found = str(ds.get("SOPInstanceUID", "") or "")
+        if found != sop_instance_uid:
+            return f"spool file {path} cannot be parsed: its SOP Instance UID reads {found or 'nothing'!r}"
+        for elem in ds.iterall():
+            if elem.VR not in _KNOWN_VRS:
+                return f"spool file {path} cannot be parsed: element {elem.tag} has VR {elem.VR!r}"
+        short = _pixel_data_short(ds)
+    except _PARSE_ERRORS as exc:
+        return f"spool file {path} cannot be parsed: {type(exc).__name__}: {exc}"
+    if short:
+        return f"spool file {path} cannot be parsed: {short}"
+    return None
+
+
+def _pixel_data_short(ds: Dataset) -> str | None:
+    """Why uncompressed Pixel Data is shorter than Rows x Columns x Samples x Frames x BitsAllocated."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or syntax is None or UID(syntax).is_compressed:
+        return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    expected = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1)) * frames
+    expected = (expected * bits + 7) // 8
+    have = len(ds.PixelData)
+    return f"Pixel Data has {have} bytes, its header asks for {expected}" if have < expected else None

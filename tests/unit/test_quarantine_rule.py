@@ -1,17 +1,18 @@
-"""Which failures quarantine one instance and which are the destination's (node.deliver.base), and the
-head check of a spooled file before it is sent (node.deliver.spooled)."""
+"""Which failures quarantine one instance and which are the destination's (node.deliver.base), the
+head check of a spooled file before it is sent and the full parse after a lost association
+(node.deliver.spooled)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from node.deliver.base import is_delivered, is_instance_refusal, status_is_retryable
-from node.deliver.spooled import unreadable_reason
+from node.deliver.spooled import parse_problem, unreadable_reason
 from node.deliver.wire import dataset_offset
 
 
@@ -77,3 +78,33 @@ def test_file_meta_without_group_length_is_left_to_pynetdicom(tmp_path: Path) ->
     path.write_bytes(bytes(data))
     assert dataset_offset(path) is None
     assert unreadable_reason(path) is None
+
+
+def test_parse_problem_accepts_a_good_file(tmp_path: Path) -> None:
+    path = part10(tmp_path / "a.dcm")
+    assert parse_problem(path, str(dcmread(path).SOPInstanceUID)) is None
+
+
+def test_parse_problem_names_what_is_wrong(tmp_path: Path) -> None:
+    path = part10(tmp_path / "a.dcm")
+    uid = str(dcmread(path).SOPInstanceUID)
+    other = parse_problem(path, "1.2.3")
+    assert other is not None and f"reads {uid!r}" in other  # another instance's file
+    data = path.read_bytes()
+    offset = dataset_offset(path)
+    assert offset is not None
+    path.write_bytes(data[:offset] + b"\xff" * 64 + data[offset + 64 :])
+    damaged = parse_problem(path, uid)
+    assert damaged is not None and str(path) in damaged and "reads 'nothing'" in damaged
+
+
+def test_parse_problem_pixel_data_cut_short(tmp_path: Path) -> None:
+    ds = dcmread(part10(tmp_path / "a.dcm"))
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 4, 4, 16, 1
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 16, 15
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = b"\0" * 16  # 32 expected
+    ds["PixelData"].VR = "OW"
+    ds.save_as(tmp_path / "b.dcm", enforce_file_format=True)
+    problem = parse_problem(tmp_path / "b.dcm", str(ds.SOPInstanceUID))
+    assert problem is not None and "Pixel Data has 16 bytes, its header asks for 32" in problem

@@ -199,16 +199,31 @@ class DimseSender:
         where: str,
     ) -> None:
         ae = self._make_ae(destination)
+        # Instances an association was lost on and whose file the node cannot parse: quarantined at the
+        # end if the destination acknowledged anything in this call (it works, they do not), else they
+        # are failures like any other loss (_quarantine_unparsable).
+        suspects: dict[int, str] = {}
         for plan in plan_associations(destination, files):
-            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where)
+            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where, suspects)
             if problem is not None:
                 text, retryable = problem
-                unsent = len(files) - len(outcome.sent) - len(outcome.failed)
+                unsent = len(files) - len(outcome.sent) - len(outcome.failed) - len(outcome.quarantined)
+                unsent -= len(suspects)
                 outcome.error = f"{where}: {text}; {len(outcome.sent)} of {len(files)} instances sent"
                 if unsent:
                     outcome.error += f", {unsent} not attempted or unanswered"
                 outcome.retryable = retryable
                 break
+        if suspects and outcome.sent:
+            outcome.quarantined.update(suspects)
+        elif suspects:
+            outcome.failed.update(suspects)
+            if outcome.error is None:
+                outcome.error = (
+                    f"{where}: the association was lost on each of {len(suspects)} instance(s) whose file "
+                    "the node cannot parse, and the destination acknowledged none: not quarantined"
+                )
+            outcome.retryable = True
         if outcome.failed:
             failures = self._describe_failures(files, outcome)
             outcome.error = f"{outcome.error}; {failures}" if outcome.error else f"{where}: {failures}"
@@ -243,6 +258,7 @@ class DimseSender:
         on_sent: OnSent,
         outcome: SendOutcome,
         where: str,
+        suspects: dict[int, str],
     ) -> tuple[str, bool] | None:
         """Send the plan's files, reconnecting after stalls. Returns (error text, retryable) or None."""
         pending = list(plan.files)
@@ -264,7 +280,7 @@ class DimseSender:
                         assoc.abort()
             if lost is None:
                 return None
-            if lost.instance is not None and self._quarantine_unparsable(lost, outcome, where):
+            if lost.instance is not None and self._quarantine_unparsable(lost, suspects, where):
                 pending = [f for f in pending if f is not lost.instance]
                 continue  # a new association for the others; each pass removes one instance
             if lost.stalled and stalls < self._settings.stall_retries:
@@ -284,19 +300,22 @@ class DimseSender:
         return None
 
     @staticmethod
-    def _quarantine_unparsable(lost: _Lost, outcome: SendOutcome, where: str) -> bool:
-        """After an association was lost on an instance: quarantine it if the node cannot parse its file
-        either. Real peers do not answer a data set they cannot read with a failure status: Orthanc
-        sends no response (a stall), dcmtk's storescp aborts. Only then is the file parsed in full
-        (node.deliver.spooled.parse_problem), so the as-stored sending stays as cheap as it is; a
-        file that parses keeps the loss the destination's trouble (reconnect or retry as before)."""
+    def _quarantine_unparsable(lost: _Lost, suspects: dict[int, str], where: str) -> bool:
+        """After an association was lost on an instance: a suspect if the node cannot parse its file
+        either (True: go on with the others). Real peers do not answer a data set they cannot read
+        with a failure status: Orthanc sends no response (a stall), dcmtk's storescp aborts. Only then
+        is the file parsed in full (node.deliver.spooled.parse_problem), so the as-stored sending
+        stays as cheap as it is; a file that parses keeps the loss the destination's trouble
+        (reconnect or retry as before). A suspect is quarantined only if the destination acknowledged
+        other instances in the same call (_send_all): a destination that aborts every association
+        (e.g. Orthanc refusing an unknown caller) must not get a series quarantined."""
         assert lost.instance is not None
         reason = parse_problem(lost.instance.path, lost.instance.sop_instance_uid)
         if reason is None:
             return False
-        outcome.quarantined[lost.instance.instance_id] = f"{reason}; the destination: {lost.text}"
+        suspects[lost.instance.instance_id] = f"{reason}; the destination: {lost.text}"
         logger.warning(
-            "%s: %s; SOP Instance %s quarantined (%s), going on with the others",
+            "%s: %s; SOP Instance %s left out (%s), going on with the others",
             where,
             lost.text,
             lost.instance.sop_instance_uid,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
@@ -47,6 +47,7 @@ _KNOWN_VRS = frozenset(v.value for v in VR)
 # that do not decode); a reading problem, not a bug of ours.
 _PARSE_ERRORS = (
     InvalidDicomError,
+    BytesLengthException,
     ValueError,
     KeyError,
     TypeError,
@@ -62,20 +63,22 @@ _PARSE_ERRORS = (
 
 def parse_problem(path: Path, sop_instance_uid: str) -> str | None:
     """None when pydicom reads the whole file into a data set that is still this instance (its SOP
-    Instance UID, every element with a known VR, uncompressed pixel data as long as its header says);
-    else why not, naming the file. pydicom reads damaged bytes leniently (warnings, elements swallowed
-    by a bogus length), hence the checks of what came out.
+    Instance UID, every top-level element with a known VR, uncompressed pixel data as long as its header
+    says); else why not, naming the file. pydicom reads damaged bytes leniently (warnings, elements
+    swallowed by a bogus length), hence the checks of what came out. Element values other than those
+    are not decoded: real files carry quirks (a private element of the wrong length) that peers accept.
 
-    Costs a full read and decode of the file, so it is not on the sending path: DimseSender calls it
-    only after the destination lost an association on that instance."""
+    Costs a full read of the file, so it is not on the sending path: DimseSender calls it only after
+    the destination lost an association on that instance."""
     try:
         ds = dcmread(path)
         found = str(ds.get("SOPInstanceUID", "") or "")
         if found != sop_instance_uid:
             return f"spool file {path} cannot be parsed: its SOP Instance UID reads {found or 'nothing'!r}"
-        for elem in ds.iterall():
-            if elem.VR not in _KNOWN_VRS:
-                return f"spool file {path} cannot be parsed: element {elem.tag} has VR {elem.VR!r}"
+        for tag in ds.keys():
+            vr = ds.get_item(tag).VR  # the raw element: its value stays undecoded
+            if vr is not None and vr not in _KNOWN_VRS:
+                return f"spool file {path} cannot be parsed: element {tag} has VR {vr!r}"
         short = _pixel_data_short(ds)
     except _PARSE_ERRORS as exc:
         return f"spool file {path} cannot be parsed: {type(exc).__name__}: {exc}"

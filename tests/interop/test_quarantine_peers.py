@@ -36,10 +36,10 @@ def tuned_pynetdicom() -> None:
     install()
 
 
-def damaged_series(folder: Path) -> tuple[list[InstanceFile], InstanceFile]:
-    """Four instances; the first data set elements of the third overwritten on disk."""
+def damaged_series(folder: Path, index: int = 2) -> tuple[list[InstanceFile], InstanceFile]:
+    """Four instances; the first data set elements of one (the third) overwritten on disk."""
     files = make_series(folder, 4)
-    bad = files[2]
+    bad = files[index]
     data = bad.path.read_bytes()
     offset = dataset_offset(bad.path)
     assert offset is not None
@@ -84,9 +84,11 @@ def test_orthanc_dimse_silence_on_the_damaged_instance(tmp_path: Path, fast_path
     assert str(bad.path) in reason and "cannot be parsed" in reason and "the destination:" in reason
 
 
+@pytest.mark.parametrize("index", [2, 0], ids=["third", "first"])
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "send_c_store"])
-def test_storescp_abort_on_the_damaged_instance(tmp_path: Path, fast_path: bool) -> None:
-    files, bad = damaged_series(tmp_path / "series")
+def test_storescp_abort_on_the_damaged_instance(tmp_path: Path, fast_path: bool, index: int) -> None:
+    """Damaged first too: the destination's acknowledgements after it are the evidence."""
+    files, bad = damaged_series(tmp_path / "series", index)
     with run_storescp(tmp_path / "scp") as scp:
         destination = DimseDestination(name="scp", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port)
         acknowledged: list[int] = []
@@ -98,3 +100,18 @@ def test_storescp_abort_on_the_damaged_instance(tmp_path: Path, fast_path: bool)
     assert written == {f.sop_instance_uid for f in files if f is not bad}
     assert list(outcome.quarantined) == [bad.instance_id]
     assert "cannot be parsed" in outcome.quarantined[bad.instance_id]
+
+
+def test_destination_that_aborts_everything_gets_nothing_quarantined(tmp_path: Path) -> None:
+    """Orthanc aborts at the first C-STORE of an unknown caller: the damaged file (sent first) cannot be
+    parsed, but with nothing acknowledged that is no evidence against it; the attempt fails as before."""
+    files, bad = damaged_series(tmp_path / "series", index=0)
+    with run_orthanc(tmp_path / "orthanc", dicomweb=False, always_allow_store=False) as orthanc:
+        destination = DimseDestination(name="orthanc", ae_title=orthanc.aet, host="127.0.0.1",
+                                       port=orthanc.dicom_port)
+        outcome = DimseSender(FORWARD, "NODE").send(destination, files, lambda f, status: None)
+        assert orthanc.rest.instances() == []
+    assert outcome.quarantined == {} and outcome.sent == []
+    assert not outcome.ok and outcome.retryable
+    assert outcome.error is not None and "aborted" in outcome.error
+    assert bad.instance_id in outcome.failed and "cannot be parsed" in outcome.failed[bad.instance_id]

@@ -31,7 +31,9 @@ EXIT_REFUSED = 1  # the request is understood but the current state does not all
 EXIT_USAGE = 2  # bad arguments, or the named object does not exist
 
 # Events that are written once per instance: the text timeline folds long runs of them into one line.
-_PER_INSTANCE_EVENTS = frozenset({"instance.stored", "instance.duplicate", "instance.replaced"})
+_PER_INSTANCE_EVENTS = frozenset(
+    {"instance.stored", "instance.duplicate", "instance.replaced", "instance.quarantined"}
+)
 _FOLD_AT = 4
 _JOB_HEADERS = (
     "ID",
@@ -186,6 +188,13 @@ def job_dict(job: Job, sent: int, quarantined: int = 0) -> dict[str, Any]:
         "target": plan_target(job.plan),
         "rules_sha256": job.plan.get("rules_sha256") if isinstance(job.plan, dict) else None,
     }
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    """`done (3 quarantined)` for a partial delivery, the state otherwise (the `audit series` table)."""
+    if job["partial"]:
+        return f"{job['state']} ({job['quarantined_instances']} quarantined)"
+    return str(job["state"])
 
 
 def plan_target(plan: Any) -> str | None:
@@ -431,7 +440,7 @@ def render_series_story(story: dict[str, Any], all_events: bool = False) -> str:
                         j["kind"],
                         j["generation"],
                         j["destination"] or "-",
-                        j["state"],
+                        _job_state(j),
                         j["attempts"],
                         j["sent_instances"] if j["kind"] == "deliver" else "-",
                         ",".join(j["rules"]) if j["rules"] else "-",

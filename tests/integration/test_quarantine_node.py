@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from node.app import NodeService
+from node.audit.query import render_series_story, series_story
 from node.db.models import Instance, JobState, QuarantinedInstance
 from node.deliver.wire import WireStore
 from node.deliveries import list_deliveries, render_deliveries
@@ -68,10 +69,13 @@ def check_partial(node: NodeService, refused: str, corrupted: str, path: Path, s
         query = select(QuarantinedInstance).where(QuarantinedInstance.job_id == job.id)
         stored = session.scalars(query).all()
         [listed] = list_deliveries(session)
+        story = series_story(session, rows[refused].series_uid or "")
     assert {q.status for q in stored} == {0xC000, None}
     assert listed["partial"] is True and listed["quarantined_instances"] == 2
     assert listed["sent_instances"] == sent and listed["state"] == "done"
     assert "done (partial)" in render_deliveries([listed])
+    [told] = [j for j in story["jobs"] if j["kind"] == "deliver"]
+    assert told["partial"] is True and "done (2 quarantined)" in render_series_story(story, all_events=True)
     metrics = node.metrics.exposition().decode()
     assert f'dicom_node_deliveries_total{{destination="{job.destination}",outcome="partial"}} 1.0' in metrics
     assert f'dicom_node_instances_quarantined_total{{destination="{job.destination}"}} 2.0' in metrics

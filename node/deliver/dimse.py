@@ -465,7 +465,7 @@ class DimseSender:
             return _Lost(f"{text} {f.sop_instance_uid}: {exc}", stalled=False, instance=f)
         except OSError as exc:  # reading the spool file
             assoc.abort()
-            return _Lost(f"cannot read {f.path}: {exc.strerror or exc}", stalled=False)
+            return _Lost(f"cannot read {f.path}: {exc.strerror or exc}", stalled=False, instance=f)
         _, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             if assoc.is_established:

@@ -6,7 +6,7 @@ One bad instance never blocks its series: an instance that the sender quarantine
 for what it is, or unreadable from the spool: node.deliver.base) is recorded in quarantined_instances
 with an `instance.quarantined` audit row, so that no attempt of this delivery sends it again or counts
 it as sent. A delivery that ends with quarantined instances is done and *partial*: its job is `done`
-(the series is delivered as far as it can be), `node deliveries list` shows the count, and the metrics
+(the series is delivered as far as it can be), `dicom-node deliveries list` shows the count, and the metrics
 count it as outcome `partial` (docs/forwarding.md, "One bad instance").
 
 The deliverer reads only its job and the job's plan. It imports nothing of the rules or the router: the

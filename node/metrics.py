@@ -160,7 +160,7 @@ class NodeMetrics:
         )
         self.deliveries = Counter(
             f"{PREFIX}_deliveries",
-            "Delivery attempts by destination and outcome: done, retry, dead_letter.",
+            "Delivery attempts by destination and outcome: done, partial, retry, dead_letter.",
             ["destination", "outcome"],
             registry=reg,
         )
@@ -174,6 +174,13 @@ class NodeMetrics:
         self.instances_sent = Counter(
             f"{PREFIX}_instances_sent",
             "Instances the destination acknowledged, by destination.",
+            ["destination"],
+            registry=reg,
+        )
+        self.instances_quarantined = Counter(
+            f"{PREFIX}_instances_quarantined",
+            "Instances left out of a delivery (refused by the destination for what they are, or "
+            "unreadable from the spool), by destination.",
             ["destination"],
             registry=reg,
         )
@@ -250,7 +257,7 @@ class NodeMetrics:
                 self.classification_disagreements.labels(task).inc()
 
     def record_delivery(self, destination: str, outcome: str, send: SendOutcome | None) -> None:
-        """One delivery attempt's end (outcome done, retry or dead_letter) and its send, if there was one."""
+        """One delivery attempt's end (outcome done, partial, retry or dead_letter) and its send, if any."""
         name = self._destination(destination)
         self.deliveries.labels(name, outcome).inc()
         if send is not None:
@@ -259,6 +266,9 @@ class NodeMetrics:
                 self.instances_sent.labels(name).inc(len(send.sent))
         if outcome == "dead_letter":
             self.dead_letters.labels("deliver").inc()
+
+    def record_quarantined(self, destination: str, count: int) -> None:
+        self.instances_quarantined.labels(self._destination(destination)).inc(count)
 
     def record_dead_letter(self, kind: str) -> None:
         self.dead_letters.labels(kind).inc()

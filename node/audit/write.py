@@ -22,7 +22,8 @@ class Events:
     INSTANCE_DUPLICATE = "instance.duplicate"
     INSTANCE_REPLACED = "instance.replaced"
     INSTANCE_REJECTED = "instance.rejected"
-    INSTANCE_QUARANTINED = "instance.quarantined"
+    # A replacement from another sender kept aside (receive.replacement_from_other_sender: quarantine).
+    REPLACEMENT_QUARANTINED = "instance.replacement_quarantined"
     CONSISTENCY_SOP_IN_OTHER_SERIES = "consistency.sop_in_other_series"
     CONSISTENCY_SERIES_IN_OTHER_STUDY = "consistency.series_in_other_study"
     STOW_REJECTED = "stow.rejected"
@@ -35,6 +36,7 @@ class Events:
     ROUTE_FAILED = "route.failed"
     DELIVERY_QUEUED = "delivery.queued"
     DELIVERY_ATTEMPT = "delivery.attempt"
+    INSTANCE_QUARANTINED = "instance.quarantined"
     DELIVERY_WRITEBACK = "delivery.writeback"
     DELIVERY_DONE = "delivery.done"
     DELIVERY_REPORT = "delivery.report"

@@ -166,6 +166,21 @@ class SentInstance(Base):
     sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
+class QuarantinedInstance(Base):
+    """An instance that one delivery will not send: the destination refused it for what it is (a
+    per-instance C-STORE or STOW-RS failure status) or the node could not read it back from its spool.
+    A retry of the same delivery skips it, and it does not count as sent (docs/forwarding.md)."""
+
+    __tablename__ = "quarantined_instances"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    # The peer's failure status, or None when the node could not read or convert the file.
+    status: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    quarantined_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class AuditEvent(Base):
     """One row per step. Written in the same transaction as the state change it records."""
 

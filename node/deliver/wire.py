@@ -28,6 +28,7 @@ pynetdicom's send_c_store throughout; tests run both and compare what the peer r
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -61,9 +62,11 @@ from node.dimse_encoding import (
 from node.pynetdicom_tuning import intercept_pdata
 
 _PREAMBLE = 128
+PREAMBLE_BYTES = _PREAMBLE
 _PRIORITY_LOW = 0x0002  # what pynetdicom's send_c_store sends by default
 _DATA_SET_PRESENT = 0x0001  # any value but 0x0101; pynetdicom sends 0x0001
 _READ_UNLIMITED = 1 << 20  # chunk size when the peer sets no maximum PDU length
+HEAD_BYTES = _PREAMBLE + 16  # preamble, "DICM", (0002,0000) UL and its value
 
 
 class WireError(Exception):
@@ -76,7 +79,7 @@ class WireError(Exception):
 
 
 class UnreadableFile(Exception):
-    """The file could not be opened or its header read; nothing was sent."""
+    """The file could not be opened, its header read, or it has no data set; nothing was sent."""
 
 
 class NotPlainPart10(Exception):
@@ -90,11 +93,12 @@ def dataset_offset(path: Path) -> int | None:
     falls back to pynetdicom, which parses the File Meta fully.
     """
     with open(path, "rb") as f:
-        return _offset_from_head(f.read(_PREAMBLE + 16))
+        return offset_from_head(f.read(HEAD_BYTES))
 
 
-def _offset_from_head(head: bytes) -> int | None:
-    if len(head) < _PREAMBLE + 16 or head[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
+def offset_from_head(head: bytes) -> int | None:
+    """The data set's offset from a Part 10 file's first HEAD_BYTES bytes (see dataset_offset)."""
+    if len(head) < HEAD_BYTES or head[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         return None
     # (0002,0000) UL, explicit VR little endian: tag, "UL", length 4, value.
     if head[_PREAMBLE + 4 : _PREAMBLE + 12] != b"\x02\x00\x00\x00UL\x04\x00":
@@ -193,12 +197,19 @@ class WireStore:
             raise UnreadableFile(f"cannot read {path}: {exc.strerror or exc}") from exc
         with f:
             try:
-                head = f.read(_PREAMBLE + 16)
+                head = f.read(HEAD_BYTES)
+                size = os.fstat(f.fileno()).st_size
             except OSError as exc:
                 raise UnreadableFile(f"cannot read {path}: {exc.strerror or exc}") from exc
-            offset = _offset_from_head(head)
+            offset = offset_from_head(head)
             if offset is None:
                 raise NotPlainPart10(str(path))
+            if offset >= size:
+                # Checked before the command goes out: an empty data set would spoil the association.
+                raise UnreadableFile(
+                    f"spool file {path} has no data set after its File Meta "
+                    f"({size} bytes, data set at {offset})"
+                )
             f.seek(offset)
             command = c_store_command(sop_class_uid, sop_instance_uid, message_id)
             # Commands are small; a peer's maximum PDU is at least a few KiB (dcmtk: 4096).

@@ -459,7 +459,7 @@ class Ingest:
         )
         audit.record_core(
             conn,
-            Events.INSTANCE_QUARANTINED,
+            Events.REPLACEMENT_QUARANTINED,
             f"different bytes for a stored SOP Instance UID from {newcomer.describe()}, stored from "
             f"{original.describe()}: kept aside, not forwarded (receive.replacement_from_other_sender)",
             details={

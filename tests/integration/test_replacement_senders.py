@@ -97,7 +97,7 @@ def test_a_quarantined_replacement_is_acknowledged_kept_aside_and_starts_no_foll
         changed = _changed(ds)
         assert _send(node.port, changed, "STRANGER").Status == 0x0000
         assert _stored_description(node, ds.SOPInstanceUID) == "CHEST WO"
-        (kept,) = _events(node, "instance.quarantined")
+        (kept,) = _events(node, "instance.replacement_quarantined")
         assert kept.details["original_sender"] == {"calling_ae": "MODALITY", "host": "127.0.0.1"}
         assert kept.details["sender"] == {"calling_ae": "STRANGER", "host": "127.0.0.1"}
         quarantined = node.spool.root / kept.details["path"]

@@ -80,7 +80,7 @@ def test_kill9_loses_no_acknowledged_instance_and_completes_once(
 
             # Restart; the sender sends the whole series again, as a sender does after a failure.
             node.start()
-            storescu(node.port, files)
+            storescu(node.port, files, calling_ae="CRASHSCU")  # the same sender (docs/receiving.md)
             wait_for(lambda: _delivery_state(sessions) is not None, timeout=60, what="a delivery job")
             # Crash again while (or right after) forwarding: the delivery must still complete.
             node.kill9()

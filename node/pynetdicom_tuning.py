@@ -462,6 +462,24 @@ def _wake_acceptor(dul: _dul.DULServiceProvider) -> None:
     dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
+# -- 3c. idle associations --------------------------------------------------------------------------
+
+_ORIGINAL_IDLE_EXPIRED = _dul.DULServiceProvider.idle_timer_expired
+_IDLE_NOTIFIED: weakref.WeakSet[_dul.DULServiceProvider] = weakref.WeakSet()
+
+
+def _idle_timer_expired(self: _dul.DULServiceProvider) -> bool:
+    """DULServiceProvider.idle_timer_expired that also tells (EVT_PROTOCOL_ERROR, once) when an
+    acceptor's association is about to be aborted for being idle past network_timeout: pynetdicom's
+    reactor aborts it right after, and says so only in its own log."""
+    expired = _ORIGINAL_IDLE_EXPIRED(self)
+    if expired and self.assoc.is_acceptor and self not in _IDLE_NOTIFIED:
+        _IDLE_NOTIFIED.add(self)
+        timeout = self.network_timeout
+        _notify(self, "A-ABORT", f"association idle for longer than network_timeout ({timeout:g} s)")
+    return bool(expired)
+
+
 # -- 4. DIMSE requests -----------------------------------------------------------------------------
 
 _ORIGINAL_RECEIVE_PRIMITIVE = _dimse.DIMSEServiceProvider.receive_primitive
@@ -726,6 +744,7 @@ def install(poll_delay_seconds: float = DEFAULT_POLL_DELAY) -> None:
     _dul.DULServiceProvider._read_pdu_data = _read_pdu  # type: ignore[method-assign]
     _dimse.DIMSEServiceProvider.receive_primitive = _receive_primitive  # type: ignore[method-assign]
     _association.Association._serve_request = _serve_request  # type: ignore[method-assign]
+    _dul.DULServiceProvider.idle_timer_expired = _idle_timer_expired  # type: ignore[method-assign]
     # send_c_store(<path>) sends the encoded data set straight from the file (node.deliver.dimse).
     _config.STORE_SEND_CHUNKED_DATASET = True
 
@@ -735,6 +754,7 @@ def installed() -> bool:
         _dul.DULServiceProvider._read_pdu_data is _read_pdu
         and _dimse.DIMSEServiceProvider.receive_primitive is _receive_primitive
         and _association.Association._serve_request is _serve_request
+        and _dul.DULServiceProvider.idle_timer_expired is _idle_timer_expired
         and poll_delay_installed() is not None
         and _config.STORE_SEND_CHUNKED_DATASET
     )

@@ -1,5 +1,5 @@
-"""receive.max_association_seconds: an association kept open past the limit is aborted and audited,
-while a new association (a good peer) gets in at once."""
+"""Association limits: receive.max_association_seconds (a watchdog) and receive.network_timeout (idle),
+each aborted and audited, while a new association (a good peer) gets in at once."""
 
 from __future__ import annotations
 
@@ -35,3 +35,20 @@ def test_no_limit_when_zero(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, receive={"max_association_seconds": 0})
     with running_node(settings) as node:
         assert node.scp._watchdog is None
+
+
+def test_an_idle_association_is_aborted_after_the_network_timeout_and_audited(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, receive={"network_timeout": 1.0})
+    with running_node(settings) as node:
+        idle = scu("IDLER").associate("127.0.0.1", node.port, ae_title="NODE")
+        assert idle.is_established
+        wait_for(lambda: idle.is_aborted or not idle.is_established, timeout=15, what="the idle abort")
+        assert idle.is_aborted
+        assert store(node.port, [synthetic_ct()]) == [0x0000]
+        with node.sessions() as session:
+            rows = session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.event == "association.aborted", AuditEvent.calling_ae == "IDLER"
+                )
+            ).all()
+        assert [r.message for r in rows] == ["association idle for longer than network_timeout (1 s)"]

@@ -1,0 +1,95 @@
+"""Checks on what the node acknowledged and on whether it still serves a good peer.
+
+An acknowledged instance must read back completely: with pydicom (every element's value converted,
+pixel data the length that rows x columns x frames x samples x bits says, or well-formed fragments
+when encapsulated) and with dcmtk's dcmdump (which stops on a parse error).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.uid import UID
+
+from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
+from tests.nodeutil import scu, store, synthetic_ct
+
+
+def _pixel_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
+    if "PixelData" not in ds:
+        return None
+    value = ds.PixelData
+    if transfer_syntax.is_encapsulated:
+        try:
+            fragments = list(generate_fragments(value))
+        except Exception as exc:  # pydicom raises ValueError / struct.error on broken items
+            return f"encapsulated pixel data: {type(exc).__name__}: {exc}"
+        return None if fragments else "encapsulated pixel data without fragments"
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.SamplesPerPixel) * int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        return f"pixel data without usable image attributes: {type(exc).__name__}: {exc}"
+    expected_bytes = (expected + 7) // 8
+    expected_bytes += expected_bytes % 2
+    if len(value) != expected_bytes:
+        return f"pixel data is {len(value)} bytes, the image attributes say {expected_bytes}"
+    return None
+
+
+def pydicom_problem(path: Path) -> str | None:
+    """None when pydicom reads the file completely; otherwise what went wrong."""
+    try:
+        ds = pydicom.dcmread(path)
+        for element in ds.iterall():
+            _ = element.value
+        return _pixel_problem(ds, UID(ds.file_meta.TransferSyntaxUID))
+    except Exception as exc:  # a fuzz check: any exception is a finding, reported by name
+        return f"pydicom: {type(exc).__name__}: {exc}"
+
+
+def dcmtk_problem(path: Path) -> str | None:
+    """None when dcmdump parses the file to its end without an error (skipped without dcmtk)."""
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump is None:
+        return None
+    done = subprocess.run(
+        [dcmdump, "-E", "-Ep", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        errors="replace",
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith(("E:", "F:"))]
+    if done.returncode != 0 or errors:
+        return f"dcmdump rc={done.returncode}: {' '.join(errors)[:300]}"
+    return None
+
+
+def unreadable(path: Path) -> str | None:
+    """Why an acknowledged file cannot be read back (pydicom first, then dcmtk), or None."""
+    return pydicom_problem(path) or dcmtk_problem(path)
+
+
+def good_peer_problem(port: int) -> str | None:
+    """None when a well-behaved pynetdicom peer gets a C-ECHO and a C-STORE through; else what failed."""
+    try:
+        assoc = scu("GOODPEER").associate("127.0.0.1", port, ae_title="NODE", evt_handlers=CONN_OPEN_HANDLERS)
+        if not assoc.is_established:
+            return "good peer: association not established"
+        try:
+            echo = assoc.send_c_echo()
+            if int(echo.get("Status", -1)) != 0:
+                return f"good peer: C-ECHO status {echo.get('Status')}"
+        finally:
+            assoc.release()
+        statuses = store(port, [synthetic_ct()], ae_title="GOODPEER")
+        return None if statuses == [0] else f"good peer: C-STORE statuses {statuses}"
+    except AssertionError as exc:
+        return f"good peer: {exc}"

@@ -141,7 +141,17 @@ STATUS_UNRECOGNIZED_OPERATION = 0x0211
 _REQUEST_FIELDS: dict[type, int] = {C_STORE: 0x0001, C_ECHO: 0x0030}
 
 # pynetdicom's PDU decoders raise these on malformed input.
-_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, struct.error, UnicodeDecodeError)
+# pynetdicom checks item lengths inside an A-ASSOCIATE-RQ with `assert` (pdu.py _generate_items): an
+# item whose length runs past the PDU raised AssertionError past this reader (found by tests/fuzz).
+_DECODE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    struct.error,
+    UnicodeDecodeError,
+    AssertionError,
+)
 
 EVT_PROTOCOL_ERROR = evt.NotificationEvent(
     "EVT_PROTOCOL_ERROR", "The node aborted, closed or refused on a protocol error (node.pynetdicom_tuning)"

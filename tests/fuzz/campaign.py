@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +31,7 @@ from node.app import NodeService
 from node.db.models import Instance
 from tests.fuzz import checks
 from tests.fuzz.dataset_mutators import DATASET_MUTATORS, encode
-from tests.fuzz.driver import Outcome, send_store, send_stow, send_stream
+from tests.fuzz.driver import Outcome, StoreChannel, send_stow, send_stream
 from tests.fuzz.pdu_mutators import CALLED_AE, CALLING_AE, PDU_MUTATORS, Association
 from tests.fuzz.stow_mutators import STOW_MUTATORS, Part10
 from tests.nodeutil import make_settings, running_node, synthetic_ct
@@ -39,6 +41,7 @@ from tests.rawpeer import (
     IMPLICIT_VR_LE,
     associate_rq,
     c_store_rq,
+    p_data_tf,
 )
 from tests.webutil import part10
 
@@ -56,6 +59,13 @@ STORE_VARIANTS = {
     "command_mismatch": 3,
     "dataset_mutated": 68,
 }
+
+
+# The store family's association: one context per transfer syntax it sends on.
+STORE_CONTEXTS = {EXPLICIT_VR_LE: 1, IMPLICIT_VR_LE: 3, str(JPEGLosslessSV1): 5}
+STORE_REQUEST = associate_rq(
+    CALLED_AE, CALLING_AE, [(cid, CT_IMAGE_STORAGE, [ts]) for ts, cid in STORE_CONTEXTS.items()]
+)
 
 
 @dataclass
@@ -89,11 +99,14 @@ class Report:
     good_peer_checks: int = 0
     good_peer_failures: list[str] = field(default_factory=list)
     refused_slots: int = 0
+    library_tracebacks: Counter[str] = field(default_factory=Counter)  # handled inside pynetdicom
+    seconds: Counter[str] = field(default_factory=Counter)  # wall time per family and in the checks
     rss_kib: list[tuple[int, int]] = field(default_factory=list)  # (cases done, VmRSS)
 
     def lines(self) -> Iterator[str]:
         rate = self.cases / self.elapsed_s if self.elapsed_s else 0.0
         yield f"fuzz seed {self.seed}: {self.cases} cases in {self.elapsed_s:.1f} s ({rate:.0f}/s)"
+        yield "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.most_common())
         if self.stopped_early:
             yield f"stopped early: {self.stopped_early}"
         yield (
@@ -119,6 +132,10 @@ class Report:
             for finding in findings[:20]:
                 where = f" (bytes: {finding.dump})" if finding.dump else ""
                 yield f"  {title} case {finding.index} {finding.mutation}: {finding.what[:300]}{where}"
+        if self.library_tracebacks:
+            yield "tracebacks pynetdicom logged and handled (not crashes), by mutation: " + ", ".join(
+                f"{m} {n}" for m, n in self.library_tracebacks.most_common()
+            )
         for failure in self.good_peer_failures[:10]:
             yield f"  {failure}"
         if self.acknowledged:
@@ -149,14 +166,26 @@ class _Records(logging.Handler):
             return self.records[start:]
 
 
-# pynetdicom.utils.decode_bytes logs a traceback when an AE title is not ASCII, then decodes it
-# another way: handled, not a crash.
-_HANDLED_TRACEBACKS = ("pynetdicom.utils",)
+# Tracebacks that pynetdicom logs and handles itself, counted apart from crashes: decode_bytes when
+# an AE title is not ASCII (it then decodes another way), and its own debug-logging handler
+# standard_pdu_recv_handler on an A-ASSOCIATE-RQ with an empty syntax (evt.trigger catches it; the
+# node's reader then aborts the association), and a command set it cannot turn into a DIMSE message
+# (it logs "Received an invalid DIMSE message" and aborts).
+def _library_traceback(record: logging.LogRecord) -> bool:
+    if record.name == "pynetdicom.utils":
+        return True
+    if record.name == "pynetdicom.dimse":  # "Received an invalid DIMSE message": pynetdicom aborts (Evt19)
+        return True
+    return record.name == "pynetdicom.events" and (
+        "standard_pdu_recv_handler" in record.getMessage()
+        or record.exc_info is not None
+        and "_handlers.py" in "".join(traceback.format_tb(record.exc_info[2]))
+    )
 
 
 def _crash_record(record: logging.LogRecord) -> bool:
     """A traceback logged by the receive side or pynetdicom (a route job that fails is not one)."""
-    if record.levelno < logging.ERROR or record.name in _HANDLED_TRACEBACKS:
+    if record.levelno < logging.ERROR or _library_traceback(record):
         return False
     receive_side = record.name.startswith(("pynetdicom", "node.receive", "node.web", "node.pynetdicom"))
     return receive_side and (record.exc_info is not None or "Exception" in record.getMessage())
@@ -214,6 +243,8 @@ class Campaign:
         self.report = Report(seed)
         self._port = 0
         self._web_port = 0
+        self._channel: StoreChannel | None = None
+        self._dcmdump = checks.DcmdumpPool()
         self._started = time.monotonic()
 
     # --- cases ---------------------------------------------------------------------------------
@@ -251,14 +282,18 @@ class Campaign:
             transfer = str(JPEGLosslessSV1)
         elif variant == "command_mismatch":
             sop_in_command = _uid(rng)
-        request = associate_rq(CALLED_AE, CALLING_AE, [(1, CT_IMAGE_STORAGE, [transfer])])
-        command = c_store_rq(1, CT_IMAGE_STORAGE, sop_in_command)
+        context_id = STORE_CONTEXTS[transfer]
+        command = c_store_rq(rng.randint(1, 0xFFFF), CT_IMAGE_STORAGE, sop_in_command)
         fragment = rng.randint(1, max(len(data), 1)) if rng.random() < 0.2 else None
 
         def run(deadline_s: float) -> Outcome:
-            return send_store(self._port, request, 1, command, data, deadline_s, fragment)
+            assert self._channel is not None
+            return self._channel.store(context_id, command, data, deadline_s, fragment)
 
-        return Case(index, "store", f"store/{mutation}", request + command + data, run)
+        wire = (
+            STORE_REQUEST + p_data_tf([(context_id, 0x03, command)]) + p_data_tf([(context_id, 0x02, data)])
+        )
+        return Case(index, "store", f"store/{mutation}", wire, run)
 
     def _pdu_case(self, index: int, rng: random.Random) -> Case:
         ds = base_dataset(rng)
@@ -315,13 +350,22 @@ class Campaign:
             previous_hook(args)
 
         threading.excepthook = on_thread_error
+        # The node runs in this process: a shorter GIL switch interval lets the fuzzer's thread and
+        # the node's many threads take turns faster (measured: about twice the cases per second).
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
         try:
             settings = make_settings(self.work, **self.settings_overrides())
             with running_node(settings) as service:
                 self._port = int(service.port or 0)
                 self._web_port = int(service.web_port) if self.stow else 0
-                self._loop(service, records, thread_errors)
+                self._channel = StoreChannel(self._port, STORE_REQUEST)
+                try:
+                    self._loop(service, records, thread_errors)
+                finally:
+                    self._channel.close()
         finally:
+            sys.setswitchinterval(switch_interval)
             threading.excepthook = previous_hook
             root.removeHandler(records)
         return self.report
@@ -344,7 +388,9 @@ class Campaign:
             for done, index in enumerate(indexes, start=1):
                 case = self.make_case(index)
                 seen_records = len(records.records)
+                began = time.monotonic()
                 outcome = case.run(self.deadline_s)
+                report.seconds[case.family] += time.monotonic() - began
                 report.cases += 1
                 report.answers[(case.mutation, outcome.answer)] += 1
                 if outcome.hang:
@@ -352,6 +398,8 @@ class Campaign:
                         self._finding(case, f"no answer within {self.deadline_s} s: {outcome.answer}")
                     )
                 for record in records.since(seen_records):
+                    if record.levelno >= logging.ERROR and _library_traceback(record):
+                        report.library_tracebacks[case.mutation] += 1
                     if _crash_record(record):
                         report.crashes.append(self._finding(case, f"{record.name}: {record.getMessage()}"))
                     if "closed at once" in record.getMessage():
@@ -360,7 +408,9 @@ class Campaign:
                     report.crashes.append(self._finding(case, "handler failed: status 0xC211"))
                 while thread_errors:
                     report.crashes.append(self._finding(case, thread_errors.pop()))
+                began = time.monotonic()
                 last_instance = self._check_stored(service, case.mutation, last_instance, case)
+                report.seconds["checks"] += time.monotonic() - began
                 if done % self.batch == 0:
                     last_instance = self._between_batches(service, done, last_instance)
                 if self.time_limit_s is not None and time.monotonic() - start > self.time_limit_s:
@@ -380,6 +430,7 @@ class Campaign:
         if "closed at once" in (problem or "") or "not established" in (problem or ""):
             report.refused_slots += 1
         last_instance = self._check_stored(service, "good_peer", last_instance, None)
+        self._collect_dcmdump()
         report.rss_kib.append((done, rss_kib()))
         if self.progress is not None:
             r = self.report
@@ -405,11 +456,23 @@ class Campaign:
         for instance_id, relative in rows:
             after = max(after, int(instance_id))
             self.report.acknowledged[mutation] += 1
-            problem = checks.unreadable(service.spool.absolute(relative))
+            path = service.spool.absolute(relative)
+            problem = checks.pydicom_problem(path)
             if problem is not None:
-                finding = self._finding(case, problem) if case is not None else Finding(-1, mutation, problem)
-                self.report.acknowledged_unreadable.append(finding)
+                self._unreadable((case, mutation), problem)
+            else:  # dcmdump in the background: its verdict comes in a few cases later
+                for key, late in self._dcmdump.start((case, mutation), path):
+                    self._unreadable(key, late)
         return after
+
+    def _unreadable(self, key: object, problem: str) -> None:
+        case, mutation = key  # type: ignore[misc]
+        finding = self._finding(case, problem) if case is not None else Finding(-1, mutation, problem)
+        self.report.acknowledged_unreadable.append(finding)
+
+    def _collect_dcmdump(self) -> None:
+        for key, problem in self._dcmdump.done():
+            self._unreadable(key, problem)
 
     def _finding(self, case: Case, what: str) -> Finding:
         dump = None

@@ -53,23 +53,59 @@ def pydicom_problem(path: Path) -> str | None:
         return f"pydicom: {type(exc).__name__}: {exc}"
 
 
+def _dcmdump_command(path: Path) -> list[str] | None:
+    dcmdump = shutil.which("dcmdump")
+    return None if dcmdump is None else [dcmdump, "-E", "-Ep", str(path)]
+
+
+def _dcmdump_verdict(returncode: int, stderr: str) -> str | None:
+    errors = [line for line in stderr.splitlines() if line.startswith(("E:", "F:"))]
+    if returncode != 0 or errors:
+        return f"dcmdump rc={returncode}: {' '.join(errors)[:300]}"
+    return None
+
+
 def dcmtk_problem(path: Path) -> str | None:
     """None when dcmdump parses the file to its end without an error (skipped without dcmtk)."""
-    dcmdump = shutil.which("dcmdump")
-    if dcmdump is None:
+    command = _dcmdump_command(path)
+    if command is None:
         return None
-    done = subprocess.run(
-        [dcmdump, "-E", "-Ep", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        errors="replace",
-    )
-    errors = [line for line in done.stderr.splitlines() if line.startswith(("E:", "F:"))]
-    if done.returncode != 0 or errors:
-        return f"dcmdump rc={done.returncode}: {' '.join(errors)[:300]}"
-    return None
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, errors="replace")
+    return _dcmdump_verdict(done.returncode, done.stderr)
+
+
+class DcmdumpPool:
+    """dcmdump runs in the background while the next cases go on; `done()` collects the verdicts."""
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self._running: list[tuple[object, subprocess.Popen[str]]] = []
+
+    def start(self, key: object, path: Path) -> list[tuple[object, str]]:
+        """Start checking `path`; returns the problems of checks finished to stay under the limit."""
+        command = _dcmdump_command(path)
+        if command is None:
+            return []
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace"
+        )
+        self._running.append((key, process))
+        found = []
+        while len(self._running) > self.limit:
+            found += self._finish(*self._running.pop(0))
+        return found
+
+    def done(self) -> list[tuple[object, str]]:
+        found = []
+        while self._running:
+            found += self._finish(*self._running.pop(0))
+        return found
+
+    @staticmethod
+    def _finish(key: object, process: subprocess.Popen[str]) -> list[tuple[object, str]]:
+        _, stderr = process.communicate(timeout=60)
+        problem = _dcmdump_verdict(process.returncode, stderr)
+        return [] if problem is None else [(key, problem)]
 
 
 def unreadable(path: Path) -> str | None:

@@ -29,6 +29,7 @@ class Outcome:
 
     answer: str
     statuses: list[int] = field(default_factory=list)
+    comment: str = ""  # the ErrorComment of the last DIMSE response, if any
     http_status: int | None = None
     hang: bool = False
 
@@ -104,49 +105,81 @@ def send_stream(port: int, pdus: list[bytes], deadline_s: float) -> Outcome:
         return outcome
 
 
-def send_store(
-    port: int,
-    request: bytes,
-    context_id: int,
-    command: bytes,
-    dataset: bytes,
-    deadline_s: float,
-    fragment: int | None = None,
-) -> Outcome:
-    """`request` must be an A-ASSOCIATE-RQ that the node accepts with `context_id`; the data set goes
-    in PDVs of `fragment` bytes (one PDV if None)."""
-    deadline = time.monotonic() + deadline_s
-    with RawPeer(port) as peer:
-        peer.send(request)
-        accepted = peer.answer(max(deadline - time.monotonic(), 0.0))
-        if not accepted.is_accept or context_id not in accepted.accepted_contexts():
-            outcome = Outcome(answer="not accepted: " + _describe(accepted), hang=accepted.kind == "timeout")
-            return outcome
-        size = fragment or max(len(dataset), 1)
-        chunks = [dataset[i : i + size] for i in range(0, len(dataset), size)] or [b""]
-        pdvs = [(context_id, 0x00, c) for c in chunks[:-1]] + [(context_id, 0x02, chunks[-1])]
+class StoreChannel:
+    """C-STOREs on one association, kept open across cases while the node answers with a status (it
+    stays usable after a failure status), opened again after an abort or close; released every
+    `release_every` stores, so releases are exercised too. Associating costs more than a case."""
+
+    def __init__(self, port: int, request: bytes, release_every: int = 50) -> None:
+        self.port = port
+        self.request = request
+        self.release_every = release_every
+        self._peer: RawPeer | None = None
+        self._accepted: list[int] = []
+        self._stores = 0
+
+    def close(self) -> None:
+        if self._peer is not None:
+            self._peer.close()
+            self._peer = None
+
+    def _open(self, deadline: float) -> Outcome | None:
+        self._peer = RawPeer(self.port)
+        self._peer.send(self.request)
+        accepted = self._peer.answer(max(deadline - time.monotonic(), 0.0))
+        if not accepted.is_accept:
+            self.close()
+            return Outcome(answer="not accepted: " + _describe(accepted), hang=accepted.kind == "timeout")
+        self._accepted = accepted.accepted_contexts()
+        self._stores = 0
+        return None
+
+    def _release(self, deadline: float, outcome: Outcome) -> None:
+        assert self._peer is not None
         try:
-            peer.send(p_data_tf([(context_id, 0x03, command)]))
-            for pdv in pdvs:
-                peer.send(p_data_tf([pdv]))
+            self._peer.send(struct.pack(">BBL", 0x05, 0, 4) + b"\0\0\0\0")
         except OSError:
-            pass  # the node aborted or closed early; its answer is read below
-        answer = peer.answer(max(deadline - time.monotonic(), 0.0))
-        outcome = Outcome(answer=_describe(answer), hang=answer.kind == "timeout")
-        if answer.pdu_type == P_DATA_TF and (status := _status_of(answer)) is not None:
-            outcome.statuses.append(status)
-        if answer.kind != "pdu" or answer.pdu_type != P_DATA_TF:
-            return outcome
-        try:
-            peer.send(struct.pack(">BBL", 0x05, 0, 4) + b"\0\0\0\0")
-        except OSError:
-            return outcome
-        released = peer.answer(max(deadline - time.monotonic(), 0.0))
+            self.close()
+            return
+        released = self._peer.answer(max(deadline - time.monotonic(), 0.0))
         if released.kind == "timeout":
             outcome.hang = True
             outcome.answer += ", release unanswered"
         elif released.pdu_type != A_RELEASE_RP:
             outcome.answer += f", release answered {_describe(released)}"
+        self.close()
+
+    def store(
+        self, context_id: int, command: bytes, dataset: bytes, deadline_s: float, fragment: int | None = None
+    ) -> Outcome:
+        """The data set goes in PDVs of `fragment` bytes (one PDV if None)."""
+        deadline = time.monotonic() + deadline_s
+        if self._peer is None and (refused := self._open(deadline)) is not None:
+            return refused
+        assert self._peer is not None
+        if context_id not in self._accepted:
+            self.close()
+            return Outcome(answer=f"context {context_id} not accepted")
+        size = fragment or max(len(dataset), 1)
+        chunks = [dataset[i : i + size] for i in range(0, len(dataset), size)] or [b""]
+        pdvs = [(context_id, 0x00, c) for c in chunks[:-1]] + [(context_id, 0x02, chunks[-1])]
+        try:
+            self._peer.send(p_data_tf([(context_id, 0x03, command)]))
+            for pdv in pdvs:
+                self._peer.send(p_data_tf([pdv]))
+        except OSError:
+            pass  # the node aborted or closed early; its answer is read below
+        answer = self._peer.answer(max(deadline - time.monotonic(), 0.0))
+        outcome = Outcome(answer=_describe(answer), hang=answer.kind == "timeout")
+        if answer.pdu_type == P_DATA_TF and (status := _status_of(answer)) is not None:
+            outcome.statuses.append(status)
+            outcome.comment = answer.command().get(0x0902, b"").decode("latin-1").rstrip("\0 ")
+        if answer.kind != "pdu" or answer.pdu_type != P_DATA_TF:
+            self.close()
+            return outcome
+        self._stores += 1
+        if self._stores >= self.release_every:
+            self._release(deadline, outcome)
         return outcome
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,13 @@ from pydicom.uid import generate_uid
 
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS
 from node.web.auth import hash_password
+from tests.fuzz.campaign import STORE_REQUEST
+from tests.fuzz.dataset_mutators import elements, encode
+from tests.fuzz.driver import StoreChannel
 from tests.interop.e2e import events
 from tests.nodeutil import make_settings, recording_sink, running_node, scu, synthetic_ct, wait_for
 from tests.peers import require_binary
+from tests.rawpeer import CT_IMAGE_STORAGE, c_store_rq
 from tests.stowpeer import StowAnswer, StowRequest, stow_peer
 from tests.webutil import STOW_CONTENT_TYPE, multipart_body, part10
 
@@ -110,6 +115,21 @@ def curl_stow(url: str, body: bytes, auth: list[str], tmp: Path) -> tuple[int, s
     return int(status), response
 
 
+def uid_swallowing_the_patient(ds: Dataset) -> tuple[str, bytes]:
+    """(SOP Instance UID, data set bytes) where the SOPInstanceUID element's length runs on over the
+    elements after it up to the end of Patient ID, as a corrupted length does: the "UID" the node
+    reads then holds the patient's name and ID."""
+    encoded = encode(ds, explicit=True)
+    found = elements(encoded)
+    sop = next(e for e in found if e.tag == (0x0008, 0x0018))
+    patient_id = next(e for e in found if e.tag == (0x0010, 0x0020))
+    length = patient_id.value_at + patient_id.length - sop.value_at
+    data = encoded.data
+    return str(ds.SOPInstanceUID), data[: sop.length_at] + struct.pack("<H", length) + data[
+        sop.length_at + 2 :
+    ]
+
+
 def write_rules(path: Path, sink_port: int, stow_url: str, password_file: Path) -> Path:
     rules = {
         "version": 1,
@@ -167,6 +187,16 @@ def test_no_patient_data_above_debug_and_no_secret_at_all(tmp_path: Path, captur
                 answers = c_store_with_comments(node.port, [*good, bad])
                 assert [status for status, _ in answers][:2] == [0, 0]
                 assert answers[2][0] != 0
+                sop_uid, swallowing = uid_swallowing_the_patient(
+                    patient(synthetic_ct(dimse_series, study, 4))
+                )
+                channel = StoreChannel(node.port, STORE_REQUEST)
+                try:
+                    swallowed = channel.store(1, c_store_rq(9, CT_IMAGE_STORAGE, sop_uid), swallowing, 10.0)
+                finally:
+                    channel.close()
+                assert swallowed.statuses and swallowed.statuses[0] != 0, swallowed
+                answers.append((swallowed.statuses[0], swallowed.comment))
 
                 url = f"http://127.0.0.1:{node.web_port}"
                 stowed = [patient(synthetic_ct(stow_series, study, n)) for n in (1, 2)]

@@ -100,6 +100,7 @@ class Report:
     good_peer_failures: list[str] = field(default_factory=list)
     refused_slots: int = 0
     library_tracebacks: Counter[str] = field(default_factory=Counter)  # handled inside pynetdicom
+    refused_during: Counter[str] = field(default_factory=Counter)  # the case running when it happened
     seconds: Counter[str] = field(default_factory=Counter)  # wall time per family and in the checks
     rss_kib: list[tuple[int, int]] = field(default_factory=list)  # (cases done, VmRSS)
 
@@ -132,6 +133,10 @@ class Report:
             for finding in findings[:20]:
                 where = f" (bytes: {finding.dump})" if finding.dump else ""
                 yield f"  {title} case {finding.index} {finding.mutation}: {finding.what[:300]}{where}"
+        if self.refused_during:
+            yield "refused-slot events during: " + ", ".join(
+                f"{m} {n}" for m, n in self.refused_during.most_common()
+            )
         if self.library_tracebacks:
             yield "tracebacks pynetdicom logged and handled (not crashes), by mutation: " + ", ".join(
                 f"{m} {n}" for m, n in self.library_tracebacks.most_common()
@@ -404,6 +409,7 @@ class Campaign:
                         report.crashes.append(self._finding(case, f"{record.name}: {record.getMessage()}"))
                     if "closed at once" in record.getMessage():
                         report.refused_slots += 1
+                        report.refused_during[case.mutation] += 1
                 if HANDLER_FAILED in outcome.statuses:
                     report.crashes.append(self._finding(case, "handler failed: status 0xC211"))
                 while thread_errors:

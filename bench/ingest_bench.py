@@ -47,15 +47,25 @@ def orthanc_rate(work: Path, groups: Sequence[Sequence[Path]]) -> float:
         return sum(map(len, groups)) / parallel_storescu_seconds(groups, orthanc.dicom_port, "ORTHANC")
 
 
-def node_rate(work: Path, groups: Sequence[Sequence[Path]]) -> float:
+def node_rate(work: Path, groups: Sequence[Sequence[Path]], fast_path: bool = True) -> float:
     (work / "node").mkdir()
     port = free_port()
     # Every sender here is 127.0.0.1: room above receive.max_associations_per_host's default of 8, so the
     # limit never decides a run (it once refused some of 8 simultaneous associations: a starting one was
     # counted twice; fixed in HostLimitedServer.open_connections, tests/unit/test_netloop.py).
-    receive = {"host": "127.0.0.1", "port": port, "max_associations_per_host": max(8, 2 * len(groups))}
+    receive = {
+        "host": "127.0.0.1",
+        "port": port,
+        "max_associations_per_host": max(8, 2 * len(groups)),
+        "fast_path": fast_path,
+    }
     with node_process(work / "node", port, log_level="WARNING", receive=receive) as node:
         return sum(map(len, groups)) / parallel_storescu_seconds(groups, node.port, "NODE")
+
+
+def node_pynetdicom_rate(work: Path, groups: Sequence[Sequence[Path]]) -> float:
+    """The node with receive.fast_path off: every C-STORE through pynetdicom's DIMSE layer."""
+    return node_rate(work, groups, fast_path=False)
 
 
 def ceiling_rate(work: Path, groups: Sequence[Sequence[Path]]) -> float:
@@ -70,6 +80,8 @@ def one_association(args: argparse.Namespace) -> None:
                                       "fdatasync ceiling": ceiling_rate}
     if args.no_orthanc:
         del receivers["orthanc"]
+    if args.compare_paths:
+        receivers["node (pynetdicom)"] = node_pynetdicom_rate
     rates: dict[str, list[float]] = {name: [] for name in receivers}
     for run in range(args.repeat):
         for name, receive in receivers.items():
@@ -128,6 +140,11 @@ def main() -> int:
     parser.add_argument("--series", nargs="+", default=["itkelastix_chest", "lidc0001_full"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument(
+        "--compare-paths",
+        action="store_true",
+        help="also run the node with receive.fast_path off (C-STORE through pynetdicom's DIMSE layer)",
+    )
     parser.add_argument("--associations", default=None,
                         help="comma-separated counts of concurrent associations, e.g. 1,4,8 (runs only that)")
     args = parser.parse_args()

@@ -29,7 +29,13 @@ from node.classify.factory import build_analyser
 from node.config import Settings
 from node.db.migrate import check_schema, upgrade
 from node.db.models import JobKind
-from node.db.session import display_url, make_engine, make_session_factory, sqlite_path
+from node.db.session import (
+    display_url,
+    make_engine,
+    make_session_factory,
+    receive_session_factory,
+    sqlite_path,
+)
 from node.deliver.base import Sender
 from node.deliver.deliverer import Deliverer
 from node.deliver.dimse import DimseSender
@@ -41,6 +47,7 @@ from node.readiness import check_database, check_dicom, check_model, check_spool
 from node.receive.ingest import Ingest
 from node.receive.reconcile import reconcile
 from node.receive.scp import StorageSCP
+from node.receive.senders import open_to_anyone
 from node.receive.spool import Spool
 from node.routing import Router, reload_rules
 from node.rules import RulesHolder
@@ -118,7 +125,11 @@ class NodeService:
             self.sessions, self.settings.completion, self.wake_router.set, metrics=self.metrics
         )
         self.ingest = Ingest(
-            self.sessions, self.spool, self.settings.receive, self.settings.completion, metrics=self.metrics
+            receive_session_factory(self.settings.resolved_database_url, self.sessions),
+            self.spool,
+            self.settings.receive,
+            self.settings.completion,
+            metrics=self.metrics,
         )
         route, forward = self.settings.route, self.settings.forward
         self.router = Router(
@@ -154,6 +165,7 @@ class NodeService:
         self.workers: list[JobWorker] = []
         self.health: HealthMonitor | None = None
         self.port: int | None = None
+        self.tls_port: int | None = None
         self.web: WebServer | None = None
         self.web_port: int | None = None
         self._retention_timer: threading.Thread | None = None
@@ -214,8 +226,13 @@ class NodeService:
         receive = self.settings.receive
         try:
             self.port = self.scp.start()
+            # receive.tls: the TLS port (None without TLS); self.port is it too when tls_only.
+            self.tls_port = self.scp.tls_port
         except OSError as exc:
             raise ListenError(receive.host, receive.port, exc.strerror or str(exc)) from None
+        open_warning = open_to_anyone(receive)
+        if open_warning:
+            logger.warning("receive: %s", open_warning)
         if self.settings.web.enabled:
             self.web = self._build_web()
             self.web_port = self.web.start()  # raises ListenError when the port is in use

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from node.errors import ConfigError
 from node.yaml_lines import LineDict, load_yaml, yaml_error_line
@@ -35,6 +35,43 @@ class AllowedCaller(_Strict):
     host: str | None = None
 
 
+class TlsReceiveSettings(_Strict):
+    """DICOM TLS on the SCP (PS3.15 Annex B; docs/security.md, "DICOM TLS"): a listener of its own,
+    beside the plain one or instead of it."""
+
+    # 2762 is the port IANA registered for DICOM over TLS (dicom-tls).
+    port: int = Field(2762, ge=0, le=65535)
+    # The node's certificate (PEM, the chain after it) and its private key (PEM, unencrypted).
+    cert_file: Path
+    key_file: Path
+    # CAs (PEM bundle) that client certificates must chain to; needed to verify clients at all.
+    ca_file: Path | None = None
+    # True: a client without a valid certificate is refused during the handshake (mutual TLS).
+    require_client_cert: bool = False
+    # True: no plain listener; receive.port is not opened.
+    tls_only: bool = False
+    # Client certificate subject (its CN, or the full subject as `openssl x509 -noout -subject
+    # -nameopt RFC2253` prints it) -> the calling AE titles it may use. Empty: no subject check.
+    client_ae_titles: dict[str, list[str]] = {}
+
+    @field_validator("client_ae_titles")
+    @classmethod
+    def _titles_valid(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for subject, titles in v.items():
+            if not subject.strip():
+                raise ValueError("an empty certificate subject")
+            if not titles:
+                raise ValueError(f"subject {subject!r} has no calling AE titles")
+        return {subject.strip(): [validate_ae_title(t) for t in titles] for subject, titles in v.items()}
+
+    @model_validator(mode="after")
+    def _verifiable(self) -> TlsReceiveSettings:
+        if self.ca_file is None and (self.require_client_cert or self.client_ae_titles):
+            needs = "require_client_cert" if self.require_client_cert else "client_ae_titles"
+            raise ValueError(f"{needs} needs ca_file (the CAs that client certificates must chain to)")
+        return self
+
+
 class ReceiveSettings(_Strict):
     ae_title: str = "NODE"
     host: str = "0.0.0.0"
@@ -43,8 +80,15 @@ class ReceiveSettings(_Strict):
     allowed_callers: list[AllowedCaller] = []
     # What to do when a SOP Instance UID arrives again with different bytes.
     duplicate_policy: Literal["replace", "keep_first"] = "replace"
+    # A replacement (same SOP Instance UID, other bytes) from another calling AE title or host than the
+    # sender of the stored instance: refused with 0x0124 (default), quarantined (acknowledged, kept
+    # aside, not forwarded) or allowed (replaced as from the same sender). docs/receiving.md.
+    replacement_from_other_sender: Literal["refuse", "quarantine", "allow"] = "refuse"
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    # Stores are refused (0xA700, nothing written) while the spool's file system would keep less than
+    # this free; they are accepted again as soon as space returns. 0: no floor.
+    min_free_disk_bytes: int = Field(1024**3, ge=0)
     # AE titles the node answers to besides ae_title (A-ASSOCIATE-RQ's called AE title).
     called_ae_titles: list[str] = []
     # False: any called AE title is accepted (for sites whose modalities send to a wrong one).
@@ -61,8 +105,22 @@ class ReceiveSettings(_Strict):
     dimse_timeout: float = 30.0
     # An association idle this long is aborted; a PDU that has started must arrive in full within it.
     network_timeout: float = Field(60.0, gt=0)
+    # An established association open longer than this is aborted (audited); 0: no limit.
+    max_association_seconds: float = Field(3600.0, ge=0)
     # pynetdicom polls its sockets with a sleep per loop; see node/pynetdicom_tuning.py.
     poll_delay_seconds: float = Field(0.0001, ge=0.0, le=0.01)
+    # C-STORE data read and answered below pynetdicom's DIMSE layer (node/receive/wire.py); false:
+    # every request goes through pynetdicom (slower; the same checks and answers).
+    fast_path: bool = True
+    # DICOM TLS (docs/security.md); None: no TLS listener.
+    tls: TlsReceiveSettings | None = None
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ReceiveSettings:
+        tls = self.tls
+        if tls is not None and not tls.tls_only and tls.port == self.port and self.port != 0:
+            raise ValueError(f"tls.port {tls.port} is receive.port too: give TLS its own port, or tls_only")
+        return self
 
     @field_validator("ae_title")
     @classmethod
@@ -236,7 +294,15 @@ class ConfigFileError(ConfigError):
 
 
 # The paths in a settings file that are relative to the file, not to the working directory.
-_FILE_RELATIVE = (("data_dir",), ("spool_dir",), ("rules_path",), ("classify", "model_dir"))
+_FILE_RELATIVE = (
+    ("data_dir",),
+    ("spool_dir",),
+    ("rules_path",),
+    ("classify", "model_dir"),
+    ("receive", "tls", "cert_file"),
+    ("receive", "tls", "key_file"),
+    ("receive", "tls", "ca_file"),
+)
 
 
 def load_settings(path: Path | None, overrides: dict[str, object] | None = None) -> Settings:

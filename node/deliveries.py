@@ -3,7 +3,9 @@
 A delivery is one `jobs` row of kind `deliver` (one per series, generation and destination) carrying its
 frozen plan; a route job (kind `route`, one per series generation) decides and queues the deliveries.
 Both have the states queued (waiting for the next attempt), running (a worker holds it), done, failed
-(dead letter: out of attempts, or not retryable).
+(dead letter: out of attempts, or not retryable). A done delivery that quarantined instances (refused by
+the destination for what they are, or unreadable: node.deliver.deliverer) is listed as `done (partial)`
+with their count.
 
 - `retry_job` puts a failed job back in the queue with a fresh attempt count through `node.jobs.requeue`
   (which writes the `job.requeued` audit row); the change and its audit row commit in one transaction.
@@ -30,11 +32,12 @@ from node.audit.query import (
     dumps,
     iso_text,
     job_dict,
+    quarantined_counts,
     sent_counts,
     table,
     text_time,
 )
-from node.db.models import Job, JobKind, JobState, SentInstance, Series
+from node.db.models import Job, JobKind, JobState, QuarantinedInstance, SentInstance, Series
 from node.errors import NodeError, NotFoundError
 from node.jobs import requeue
 
@@ -55,6 +58,7 @@ LIST_HEADERS = (
     "STATE",
     "ATTEMPTS",
     "SENT",
+    "QUARANTINED",
     "NEXT RUN (UTC)",
     "RULES",
     "LAST ERROR",
@@ -109,10 +113,12 @@ def list_deliveries(
     if destination:
         query = query.where(Job.destination == destination)
     rows = session.execute(query.order_by(Job.updated_at.desc(), Job.id.desc()).limit(limit)).all()
-    sent = sent_counts(session, [job.id for job, _ in rows])
+    ids = [job.id for job, _ in rows]
+    sent = sent_counts(session, ids)
+    quarantined = quarantined_counts(session, ids)
     result = []
     for job, series_uid in rows:
-        item = job_dict(job, sent.get(job.id, 0))
+        item = job_dict(job, sent.get(job.id, 0), quarantined.get(job.id, 0))
         item["series_uid"] = series_uid
         result.append(item)
     return result
@@ -160,9 +166,11 @@ def _requeue_checked(session: Session, job: Job, force: bool) -> None:
     """Requeue one job after checking its state; does not commit."""
     _check_requeueable(job, force)
     if job.state == JobState.DONE and job.kind == JobKind.DELIVER:
-        # Sent again means every instance: forget the acknowledgements that a retry would skip.
+        # Sent again means every instance: forget the acknowledgements and the quarantine that a retry
+        # would skip (the operator may have fixed the destination or the file).
         cleared = sent_counts(session, [job.id]).get(job.id, 0)
         session.execute(delete(SentInstance).where(SentInstance.job_id == job.id))
+        session.execute(delete(QuarantinedInstance).where(QuarantinedInstance.job_id == job.id))
         logger.info("delivery %s: cleared %d acknowledged instances for a forced resend", job.id, cleared)
         requeue(session, job, FORCED_REASON)
     else:
@@ -263,9 +271,10 @@ def render_deliveries(items: list[dict[str, Any]]) -> str:
                 d["generation"],
                 d["destination"] or "-",
                 d["target"] or "-",
-                d["state"],
+                f"{d['state']} (partial)" if d["partial"] else d["state"],
                 d["attempts"],
                 d["sent_instances"] if d["kind"] == JobKind.DELIVER else "-",
+                d["quarantined_instances"] if d["kind"] == JobKind.DELIVER else "-",
                 iso_text(d["next_run_at"]) if d["state"] == JobState.QUEUED else "-",
                 ",".join(d["rules"]) if d["rules"] else "-",
                 " ".join(d["last_error"].split()) if d["last_error"] else "-",

@@ -27,6 +27,11 @@ class SeriesFacts:
     # The AE title the sender addressed (one of the node's own titles).
     called_ae: str | None = None
     generation: int = 1
+    # Consistency warnings recorded at receive (node.receive.consistency): how many instances of the
+    # series have a SOP Instance UID also stored in another series / arrived under another study.
+    # None where the node does not know (the dry run).
+    sop_uid_conflicts: int | None = None
+    study_uid_conflicts: int | None = None
     # Namespaced values beyond the DICOM header, e.g. "classifiable", "prediction.body_part"
     # (filled from the analysis step's result by node.rules.decide).
     extra: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +62,8 @@ def series_facts(
     calling_ae: str | None = None,
     called_ae: str | None = None,
     generation: int = 1,
+    sop_uid_conflicts: int | None = None,
+    study_uid_conflicts: int | None = None,
 ) -> SeriesFacts:
     """SeriesFacts from the header of one representative instance. Raises InvalidUIDError when the header
     has no SeriesInstanceUID."""
@@ -70,4 +77,6 @@ def series_facts(
         calling_ae=calling_ae,
         called_ae=called_ae,
         generation=generation,
+        sop_uid_conflicts=sop_uid_conflicts,
+        study_uid_conflicts=study_uid_conflicts,
     )

@@ -99,7 +99,7 @@ class NodeMetrics:
         )
         self.instance_outcomes = Counter(
             f"{PREFIX}_instance_outcomes",
-            "What became of acknowledged instances: stored, replaced, duplicate, kept_first.",
+            "What became of acknowledged instances: stored, replaced, duplicate, kept_first, quarantined.",
             ["outcome"],
             registry=reg,
         )
@@ -107,6 +107,13 @@ class NodeMetrics:
             f"{PREFIX}_instances_refused",
             "Instances refused, by transport and the DICOM status answered (e.g. 0xA700).",
             ["source", "status"],
+            registry=reg,
+        )
+        self.consistency_warnings = Counter(
+            f"{PREFIX}_consistency_warnings",
+            "Instances stored but flagged: sop_in_other_series (the SOP Instance UID is also in another "
+            "series), series_in_other_study (the series is already stored under another study).",
+            ["kind"],
             registry=reg,
         )
         self.http_requests_refused = Counter(
@@ -117,7 +124,8 @@ class NodeMetrics:
         )
         self.associations_rejected = Counter(
             f"{PREFIX}_associations_rejected",
-            "A-ASSOCIATE-RQs rejected: called_ae, calling_ae (not allowed) or busy (shutting down).",
+            "A-ASSOCIATE-RQs rejected: called_ae, calling_ae (not allowed) or busy (shutting down); "
+            "tls_handshake: TLS connections whose handshake failed.",
             ["reason"],
             registry=reg,
         )
@@ -152,7 +160,7 @@ class NodeMetrics:
         )
         self.deliveries = Counter(
             f"{PREFIX}_deliveries",
-            "Delivery attempts by destination and outcome: done, retry, dead_letter.",
+            "Delivery attempts by destination and outcome: done, partial, retry, dead_letter.",
             ["destination", "outcome"],
             registry=reg,
         )
@@ -166,6 +174,13 @@ class NodeMetrics:
         self.instances_sent = Counter(
             f"{PREFIX}_instances_sent",
             "Instances the destination acknowledged, by destination.",
+            ["destination"],
+            registry=reg,
+        )
+        self.instances_quarantined = Counter(
+            f"{PREFIX}_instances_quarantined",
+            "Instances left out of a delivery (refused by the destination for what they are, or "
+            "unreadable from the spool), by destination.",
             ["destination"],
             registry=reg,
         )
@@ -212,6 +227,10 @@ class NodeMetrics:
     def record_refused(self, source: str, status: int) -> None:
         self.instances_refused.labels(source, f"0x{status:04X}").inc()
 
+    def record_consistency_warning(self, kind: str) -> None:
+        """`kind`: one of node.receive.consistency.KINDS (a bounded label)."""
+        self.consistency_warnings.labels(kind).inc()
+
     def record_http_refused(self, status: int) -> None:
         self.http_requests_refused.labels(str(status)).inc()
 
@@ -238,7 +257,7 @@ class NodeMetrics:
                 self.classification_disagreements.labels(task).inc()
 
     def record_delivery(self, destination: str, outcome: str, send: SendOutcome | None) -> None:
-        """One delivery attempt's end (outcome done, retry or dead_letter) and its send, if there was one."""
+        """One delivery attempt's end (outcome done, partial, retry or dead_letter) and its send, if any."""
         name = self._destination(destination)
         self.deliveries.labels(name, outcome).inc()
         if send is not None:
@@ -247,6 +266,9 @@ class NodeMetrics:
                 self.instances_sent.labels(name).inc(len(send.sent))
         if outcome == "dead_letter":
             self.dead_letters.labels("deliver").inc()
+
+    def record_quarantined(self, destination: str, count: int) -> None:
+        self.instances_quarantined.labels(self._destination(destination)).inc(count)
 
     def record_dead_letter(self, kind: str) -> None:
         self.dead_letters.labels(kind).inc()

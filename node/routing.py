@@ -117,6 +117,10 @@ class Router:
         stored = _stored_analysis(job.analysis)
         series_id, series_uid, count = series.id, series.series_uid, series.instance_count
         calling_ae, called_ae = series.calling_ae, series.called_ae
+        conflicts = {
+            "sop_uid_conflicts": series.sop_uid_conflicts,
+            "study_uid_conflicts": series.study_uid_conflicts,
+        }
         session.commit()  # no transaction stays open while files are read and the series is analysed
         try:
             header = pydicom.dcmread(header_path, stop_before_pixels=True)
@@ -124,7 +128,12 @@ class Router:
             raise RouteFailure(f"cannot read {header_path}: {exc}") from exc
         try:
             facts = series_facts(
-                header, count, calling_ae=calling_ae, called_ae=called_ae, generation=job.generation
+                header,
+                count,
+                calling_ae=calling_ae,
+                called_ae=called_ae,
+                generation=job.generation,
+                **conflicts,
             )
         except InvalidUIDError as exc:
             raise RouteFailure(f"{header_path}: {exc}") from exc

@@ -19,6 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -305,3 +306,20 @@ class RawPeer:
             contexts = [(1, CT_IMAGE_STORAGE, [EXPLICIT_VR_LE]), (3, VERIFICATION, [IMPLICIT_VR_LE])]
         self.send(associate_rq(called_ae, calling_ae, contexts))
         return self.answer(timeout)
+
+
+def data_set_bytes(ds: Any) -> bytes:
+    """A pydicom Dataset encoded in Explicit VR Little Endian (the accepted CT context 1 of `established`)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return bytes(buffer.getvalue())
+
+
+def established(peer: RawPeer) -> None:
+    """Associate with CT storage (context 1, Explicit VR LE) and Verification (context 3)."""
+    answer = peer.associate()
+    assert answer.is_accept and answer.accepted_contexts() == [1, 3], answer

@@ -20,7 +20,7 @@ from pydicom.uid import UID
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from node.db.models import AuditEvent, Instance, Job, SentInstance, Series
+from node.db.models import AuditEvent, Instance, Job, JobState, QuarantinedInstance, SentInstance, Series
 from node.errors import NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,15 @@ EXIT_REFUSED = 1  # the request is understood but the current state does not all
 EXIT_USAGE = 2  # bad arguments, or the named object does not exist
 
 # Events that are written once per instance: the text timeline folds long runs of them into one line.
-_PER_INSTANCE_EVENTS = frozenset({"instance.stored", "instance.duplicate", "instance.replaced"})
+_PER_INSTANCE_EVENTS = frozenset(
+    {
+        "instance.stored",
+        "instance.duplicate",
+        "instance.replaced",
+        "instance.replacement_quarantined",
+        "instance.quarantined",
+    }
+)
 _FOLD_AT = 4
 _JOB_HEADERS = (
     "ID",
@@ -153,7 +161,20 @@ def sent_counts(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
     return {job_id: count for job_id, count in rows}
 
 
-def job_dict(job: Job, sent: int) -> dict[str, Any]:
+def quarantined_counts(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
+    """How many instances each delivery quarantined (quarantined_instances rows: refused or unreadable)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(QuarantinedInstance.job_id, func.count())
+        .where(QuarantinedInstance.job_id.in_(job_ids))
+        .group_by(QuarantinedInstance.job_id)
+    ).all()
+    return {job_id: count for job_id, count in rows}
+
+
+def job_dict(job: Job, sent: int, quarantined: int = 0) -> dict[str, Any]:
+    """A job for the CLI and the HTTP read side. `partial`: a done delivery that quarantined instances."""
     return {
         "job_id": job.id,
         "kind": job.kind,
@@ -168,9 +189,18 @@ def job_dict(job: Job, sent: int) -> dict[str, Any]:
         "last_error": job.last_error,
         "rules": list(job.rules) if job.rules is not None else None,
         "sent_instances": sent,
+        "quarantined_instances": quarantined,
+        "partial": job.state == JobState.DONE and quarantined > 0,
         "target": plan_target(job.plan),
         "rules_sha256": job.plan.get("rules_sha256") if isinstance(job.plan, dict) else None,
     }
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    """`done (3 quarantined)` for a partial delivery, the state otherwise (the `audit series` table)."""
+    if job["partial"]:
+        return f"{job['state']} ({job['quarantined_instances']} quarantined)"
+    return str(job["state"])
 
 
 def plan_target(plan: Any) -> str | None:
@@ -233,10 +263,11 @@ def series_story(session: Session, series_uid: str) -> dict[str, Any]:
         }
 
     sent = sent_counts(session, job_ids)
+    quarantined = quarantined_counts(session, job_ids)
     return {
         "series": _series_dict(series),
         "instances": _instance_summary(session, series.id),
-        "jobs": [job_dict(j, sent.get(j.id, 0)) for j in jobs],
+        "jobs": [job_dict(j, sent.get(j.id, 0), quarantined.get(j.id, 0)) for j in jobs],
         "events": [event_dict(e) for e in events],
     }
 
@@ -415,7 +446,7 @@ def render_series_story(story: dict[str, Any], all_events: bool = False) -> str:
                         j["kind"],
                         j["generation"],
                         j["destination"] or "-",
-                        j["state"],
+                        _job_state(j),
                         j["attempts"],
                         j["sent_instances"] if j["kind"] == "deliver" else "-",
                         ",".join(j["rules"]) if j["rules"] else "-",

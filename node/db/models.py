@@ -86,6 +86,11 @@ class Series(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     complete_reason: Mapped[str | None] = mapped_column(String(32))
     files_deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Consistency warnings (node.receive.consistency): instances of this series whose SOP Instance UID is
+    # also stored in another series, and instances that arrived with another StudyInstanceUID than
+    # study_uid. Stored as today, flagged for the rules (consistency.*) and the audit.
+    sop_uid_conflicts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    study_uid_conflicts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
@@ -96,7 +101,8 @@ class Instance(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    # Indexed alone too: the receive path looks for the same SOP Instance UID in other series.
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)
@@ -107,6 +113,11 @@ class Instance(Base):
     # The series generation in which this instance (or its latest replacement) arrived.
     generation: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Who sent the stored bytes (calling AE title, IP address): a replacement from another sender is
+    # refused or quarantined (receive.replacement_from_other_sender). None: unknown (indexed at start
+    # from the spool, or stored before schema 0004).
+    sender_ae: Mapped[str | None] = mapped_column(String(16))
+    sender_host: Mapped[str | None] = mapped_column(String(64))
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -153,6 +164,21 @@ class SentInstance(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
     status: Mapped[int] = mapped_column(Integer)
     sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class QuarantinedInstance(Base):
+    """An instance that one delivery will not send: the destination refused it for what it is (a
+    per-instance C-STORE or STOW-RS failure status) or the node could not read it back from its spool.
+    A retry of the same delivery skips it, and it does not count as sent (docs/forwarding.md)."""
+
+    __tablename__ = "quarantined_instances"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    # The peer's failure status, or None when the node could not read or convert the file.
+    status: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    quarantined_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class AuditEvent(Base):

@@ -4,6 +4,12 @@ A delivery worker lists the spooled files of one series generation, drops those 
 sent, and calls ``Sender.send``. The sender reports each delivered instance through ``on_sent`` as soon
 as the peer answered it (so that a later attempt skips it) and returns a ``SendOutcome``; network
 trouble never escapes as an exception.
+
+One bad instance never blocks its series: an instance that the destination refuses for what it is
+(``is_instance_refusal``) or that cannot be read back from the spool is *quarantined* for the delivery
+(``SendOutcome.quarantined``) and the sender goes on with the others. Trouble with the destination
+itself (no connection, association refused or lost, timeouts, out of resources) stays an attempt
+failure that is retried with backoff (docs/forwarding.md, "One bad instance").
 """
 
 from __future__ import annotations
@@ -28,6 +34,19 @@ DELIVERED_WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
 def is_delivered(status: int) -> bool:
     """True for a C-STORE status that counts as delivered (success or one of the storage warnings)."""
     return status == SUCCESS or status in DELIVERED_WARNINGS
+
+
+def is_instance_refusal(status: int) -> bool:
+    """True for a failure status that is about the instance itself, not about the destination
+    (PS3.4 B.2.3, PS3.7 C): A9xx "data set does not match SOP class", Cxxx "cannot understand" and
+    0117 "invalid SOP instance". Sending the same bytes again gets the same answer, and the other
+    instances of the series are not concerned: the instance is quarantined, the others are sent.
+
+    Not per instance: A7xx "out of resources" and 0110 "processing failure" (the destination's
+    trouble, retried), and the other general failures (0122 SOP class not supported, 0124 not
+    authorised, ...), which refuse every instance alike and fail the delivery as before.
+    """
+    return 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF or status == 0x0117
 
 
 def status_is_retryable(status: int) -> bool:
@@ -58,8 +77,11 @@ class SendOutcome:
     statuses: the DIMSE status the peer answered, per instance id (only instances that got an answer).
     sent: instance ids the peer acknowledged with success or a delivered warning, in sending order
         (``on_sent`` was called for each of them).
-    failed: instance id -> why that instance was not delivered (a status, no acceptable presentation
-        context, a file that cannot be read or transcoded ...).
+    failed: instance id -> why that instance was not delivered, for reasons that fail the attempt (a
+        retryable status, no acceptable presentation context, a refusal of every instance alike ...).
+    quarantined: instance id -> why that instance is left out of this delivery for good: a
+        per-instance refusal (``is_instance_refusal``, its status in ``statuses``) or a spooled file
+        that cannot be read, parsed or transcoded. Quarantined instances do not set ``error``.
     error: None when every instance was delivered; otherwise one line naming destination, AE,
         host:port and what happened (the first problem, plus a count of instance failures).
     retryable: when error is set, whether trying again later may help (network trouble, out of
@@ -72,6 +94,7 @@ class SendOutcome:
     statuses: dict[int, int] = field(default_factory=dict)
     sent: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    quarantined: dict[int, str] = field(default_factory=dict)
     error: str | None = None
     retryable: bool = False
     duration_seconds: float = 0.0
@@ -110,6 +133,12 @@ def timed_send(
             send_all(outcome)
     finally:
         outcome.duration_seconds = time.monotonic() - started
+    if outcome.quarantined:
+        logger.warning(
+            "forward to %s: %d instance(s) quarantined (refused by the peer or unreadable)",
+            name,
+            len(outcome.quarantined),
+        )
     if outcome.error is None:
         logger.info(
             "forwarded %d instances to %s in %.2f s over %d %s",

@@ -2,6 +2,13 @@
 send what is not yet acknowledged, record each acknowledged instance (so a retry skips it), then finish,
 retry with backoff, or dead-letter.
 
+One bad instance never blocks its series: an instance that the sender quarantined (refused by the peer
+for what it is, or unreadable from the spool: node.deliver.base) is recorded in quarantined_instances
+with an `instance.quarantined` audit row, so that no attempt of this delivery sends it again or counts
+it as sent. A delivery that ends with quarantined instances is done and *partial*: its job is `done`
+(the series is delivered as far as it can be), `dicom-node deliveries list` shows the count, and the metrics
+count it as outcome `partial` (docs/forwarding.md, "One bad instance").
+
 The deliverer reads only its job and the job's plan. It imports nothing of the rules or the router: the
 destination's settings are the ones frozen when the route step decided, whatever was reloaded since.
 """
@@ -16,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from node import audit, jobs
 from node.audit import Events, Where
-from node.db.models import Instance, Job, SentInstance, Series, utcnow
+from node.db.models import Instance, Job, QuarantinedInstance, SentInstance, Series, utcnow
 from node.deliver.base import InstanceFile, Sender, SendOutcome
 from node.deliver.plan import DeliveryPlan, PlanError
 from node.deliver.report_step import ReportStep, wants_report
@@ -47,13 +54,16 @@ class Deliverer:
         self._reports = ReportStep(spool)
 
     def pending_files(self, session: Session, job: Job) -> list[InstanceFile]:
+        """The job's instances neither acknowledged nor quarantined yet, in instance number order."""
         sent = select(SentInstance.instance_id).where(SentInstance.job_id == job.id)
+        quarantined = select(QuarantinedInstance.instance_id).where(QuarantinedInstance.job_id == job.id)
         rows = session.scalars(
             select(Instance)
             .where(
                 Instance.series_id == job.series_id,
                 Instance.generation == job.generation,
                 Instance.id.not_in(sent),
+                Instance.id.not_in(quarantined),
             )
             .order_by(Instance.instance_number, Instance.id)
         ).all()
@@ -90,9 +100,9 @@ class Deliverer:
         if sender is None:
             self._give_up(session, job, series, f"no sender for destination kind {destination.kind!r}")
             return
-        files = self.pending_files(session, job)
-        missing = [f for f in files if not f.path.exists()]
-        if missing:
+        listed = self.pending_files(session, job)
+        missing = [f for f in listed if not f.path.exists()]
+        if missing and (len(missing) == len(listed) or series.files_deleted_at is not None):
             self._give_up(
                 session,
                 job,
@@ -100,6 +110,9 @@ class Deliverer:
                 f"{len(missing)} spooled files are gone (retention?), e.g. {missing[0].path}",
             )
             return
+        # A few files gone while the others are there: those instances cannot be sent, the others can.
+        gone = {f.instance_id: f"spool file {f.path} is gone" for f in missing}
+        files = [f for f in listed if f.instance_id not in gone]
 
         # End the read transaction before the (long) send: no snapshot or lock is held across the network.
         session.commit()
@@ -130,6 +143,12 @@ class Deliverer:
         flush()
         if copies is not None:
             outcome = _with_copy_failures(outcome, copies)
+        if gone:
+            outcome = outcome if outcome is not None else SendOutcome()
+            outcome.quarantined.update(gone)
+        common = Where(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
+        if outcome is not None and outcome.quarantined:
+            self._quarantine(session, job, listed, outcome, common)
         # Last step, once every instance is acknowledged: the Structured Report (node.deliver.report_step).
         # A report that fails makes the attempt fail; the next attempt sends only the report again.
         report_failure = None
@@ -138,7 +157,7 @@ class Deliverer:
         total_sent = session.scalar(
             select(func.count()).select_from(SentInstance).where(SentInstance.job_id == job.id)
         )
-        common = Where(series_uid=series.series_uid, job_id=job.id, destination=job.destination)
+        total_quarantined = quarantined_count(session, job.id)
         if copies is not None:
             decided = copies.report  # what the write-back did in this attempt
             audit.record(
@@ -146,17 +165,21 @@ class Deliverer:
             )
         if outcome is not None:
             failures = dict(list(outcome.failed.items())[:AUDITED_FAILURES])
-            uids = {f.instance_id: f.sop_instance_uid for f in files}
+            uids = {f.instance_id: f.sop_instance_uid for f in listed}
             statuses = sorted({f"0x{s:04X}" for s in outcome.statuses.values()})
+            acknowledged = f"{len(outcome.sent)} instances acknowledged"
+            if outcome.quarantined:
+                acknowledged += f", {len(outcome.quarantined)} quarantined"
             audit.record(
                 session,
                 Events.DELIVERY_ATTEMPT,
-                outcome.error or f"{len(outcome.sent)} instances acknowledged",
+                outcome.error or acknowledged,
                 details={
                     "attempt": job.attempts,
-                    "instances": len(files),
+                    "instances": len(listed),
                     "sent": len(outcome.sent),
                     "failed": len(outcome.failed),
+                    "quarantined": len(outcome.quarantined),
                     "statuses": statuses,
                     # Keyed by SOP Instance UID: what an operator can look up on both sides.
                     "failures": {uids.get(k, str(k)): v for k, v in failures.items()},
@@ -169,21 +192,36 @@ class Deliverer:
         if (outcome is None or outcome.ok) and report_failure is None:
             jobs.finish(session, job)
             count = len(outcome.sent) if outcome else 0
+            message = f"delivered: {count} instances acknowledged in this attempt, {total_sent} in all"
+            if total_quarantined:
+                message = f"delivered partially: {count} instances acknowledged in this attempt, "
+                message += f"{total_sent} in all, {total_quarantined} quarantined"
             audit.record(
                 session,
                 Events.DELIVERY_DONE,
-                f"delivered: {count} instances acknowledged in this attempt, {total_sent} in all",
+                message,
                 details={
                     "sent_this_attempt": count,
                     "sent_total": total_sent,
+                    "quarantined_total": total_quarantined,
+                    "partial": bool(total_quarantined),
                     "attempts": job.attempts,
                     "rules_sha256": plan.rules_sha256,
                 },
                 **common,
             )
             session.commit()
-            self._metrics.record_delivery(job.destination, "done", outcome)
-            logger.info("series %s delivered to %s", series.series_uid, job.destination)
+            ending = "partial" if total_quarantined else "done"
+            self._metrics.record_delivery(job.destination, ending, outcome)
+            if total_quarantined:
+                logger.warning(
+                    "series %s delivered to %s partially: %d instance(s) quarantined",
+                    series.series_uid,
+                    job.destination,
+                    total_quarantined,
+                )
+            else:
+                logger.info("series %s delivered to %s", series.series_uid, job.destination)
             return
         failed = report_failure if outcome is None or outcome.ok else outcome
         assert failed is not None
@@ -209,6 +247,39 @@ class Deliverer:
             logger.error("delivery of %s to %s dead-lettered: %s", series.series_uid, job.destination, error)
         session.commit()
         self._metrics.record_delivery(job.destination, "retry" if retry else "dead_letter", outcome)
+
+    def _quarantine(
+        self, session: Session, job: Job, files: list[InstanceFile], outcome: SendOutcome, common: Where
+    ) -> None:
+        """Record this attempt's quarantined instances, one row and one audit row each; commits."""
+        by_id = {f.instance_id: f for f in files}
+        now = utcnow()
+        for instance_id, reason in outcome.quarantined.items():
+            status = outcome.statuses.get(instance_id)
+            uid = by_id[instance_id].sop_instance_uid if instance_id in by_id else None
+            about: Where = {**common, "sop_instance_uid": uid}
+            session.add(
+                QuarantinedInstance(
+                    job_id=job.id, instance_id=instance_id, status=status, reason=reason, quarantined_at=now
+                )
+            )
+            audit.record(
+                session,
+                Events.INSTANCE_QUARANTINED,
+                f"not sent to {job.destination}: {reason}",
+                details={
+                    "attempt": job.attempts,
+                    "status": f"0x{status:04X}" if status is not None else None,
+                    "reason": reason,
+                    "by": "destination" if status is not None else "node",
+                },
+                **about,
+            )
+            logger.warning(
+                "delivery %d to %s: SOP Instance %s quarantined: %s", job.id, job.destination, uid, reason
+            )
+        session.commit()
+        self._metrics.record_quarantined(job.destination, len(outcome.quarantined))
 
     def _prepare_copies(
         self, job: Job, plan: DeliveryPlan, files: list[InstanceFile]
@@ -251,13 +322,25 @@ class Deliverer:
         self._metrics.record_delivery(job.destination, "retry" if retry else "dead_letter", None)
 
 
+def quarantined_count(session: Session, job_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(QuarantinedInstance).where(QuarantinedInstance.job_id == job_id)
+        )
+        or 0
+    )
+
+
 def _with_copy_failures(outcome: SendOutcome | None, copies: PreparedCopies) -> SendOutcome | None:
-    """The attempt's outcome with the instances whose copy could not be made counted as failed: not
-    retryable when a spooled file could not be read (it gives the same error every time), retryable when
-    only writing the copy failed (disk full)."""
+    """The attempt's outcome with the instances whose copy could not be made: quarantined when their
+    spooled file could not be read or parsed (it gives the same error every time); counted as failed,
+    retryable, when writing a copy failed (disk full), since then a later attempt may make them all."""
     if not copies.failed:
         return outcome
     outcome = outcome if outcome is not None else SendOutcome()
+    if not copies.report.transient_failure:
+        outcome.quarantined.update(copies.failed)
+        return outcome
     outcome.failed.update(copies.failed)
     if outcome.error is None:
         first = next(iter(copies.failed.values()))

@@ -71,6 +71,26 @@ class _DestinationBase(_Frozen):
         raise NotImplementedError
 
 
+class DimseTls(_Frozen):
+    """DICOM TLS to a C-STORE peer (docs/security.md, "DICOM TLS")."""
+
+    verify: bool = Field(True, description="verify the peer's certificate and name (on unless switched off)")
+    ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs the peer's certificate must chain to; default: the system's"
+    )
+    cert_file: Path | None = Field(None, description="our client certificate (PEM), for peers that want one")
+    key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    server_name: str | None = Field(
+        None, description="the name the peer's certificate must carry; default: the destination's host"
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> DimseTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: cert_file and key_file go together")
+        return self
+
+
 class DimseDestination(_DestinationBase):
     """A DICOM peer reached by C-STORE."""
 
@@ -83,6 +103,7 @@ class DimseDestination(_DestinationBase):
     # Transfer syntaxes this peer may be offered, in order of preference. None: offer the stored
     # syntax first, then Explicit and Implicit VR Little Endian (decompressing when only those are accepted).
     transfer_syntaxes: list[str] | None = None
+    tls: DimseTls | None = Field(None, description="DICOM TLS to this peer; absent: plain TCP")
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod
@@ -91,7 +112,7 @@ class DimseDestination(_DestinationBase):
 
     @property
     def address(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls is not None else "")
 
 
 class HttpAuth(_Frozen):

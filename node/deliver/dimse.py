@@ -19,6 +19,15 @@ opens a new association and carries on with the instances not yet acknowledged, 
 The stall has a cause that ``guard_responses`` removes on our associations (see there); the
 reconnect stays as the safety net.
 
+DICOM TLS (``tls:`` on the destination): pynetdicom's ``tls_args``, with a context from node.tls (server
+verification on unless ``verify: false``). node.deliver.wire is not used on TLS associations: every
+instance goes through ``send_c_store``. A failed handshake is told in words (certificate verify
+failed: ..., wrong version number) by one more handshake attempt, as for a failed TCP connection.
+
+Per-instance outcome (node.deliver.base): a failure status that is the instance's (A9xx, Cxxx, 0117)
+and a spooled file that cannot be read, parsed or transcoded quarantine that instance, and the send goes
+on with the next one; any other failure status is recorded in ``failed`` and fails the attempt.
+
 Network trouble never escapes as an exception: it becomes ``SendOutcome.error``.
 """
 
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
@@ -45,13 +56,17 @@ from node.deliver.base import (
     OnSent,
     SendOutcome,
     is_delivered,
+    is_instance_refusal,
     status_is_retryable,
     timed_send,
 )
 from node.deliver.destinations import Destination, DimseDestination
+from node.deliver.spooled import parse_problem, unreadable_reason
 from node.deliver.transcode import TranscodeError, can_transcode, load_for_target
 from node.deliver.wire import NotPlainPart10, UnreadableFile, WireError, WireStore
+from node.errors import ConfigError
 from node.pynetdicom_tuning import CONN_OPEN_HANDLERS, guard_responses, quiet_logging
+from node.tls import client_context, describe_failure
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +157,22 @@ _NOT_ON_WIRE = -1
 
 
 class _Unsendable(Exception):
-    """This instance cannot be sent on this association (no usable context, unreadable file)."""
+    """This instance cannot be sent on this association: no usable context (`quarantine` False: the
+    destination's choice, which fails the attempt), or a file that cannot be transcoded (True)."""
+
+    def __init__(self, message: str, quarantine: bool = False) -> None:
+        super().__init__(message)
+        self.quarantine = quarantine
 
 
 @dataclass
 class _Lost:
-    """The association ended before every instance was answered."""
+    """The association ended before every instance was answered; `instance`: the one being sent or
+    waited for when it happened (None when it ended between two instances)."""
 
     text: str
     stalled: bool
+    instance: InstanceFile | None = None
 
 
 class DimseSender:
@@ -185,16 +207,37 @@ class DimseSender:
         where: str,
     ) -> None:
         ae = self._make_ae(destination)
+        try:
+            tls_args = _tls_args(destination)
+        except ConfigError as exc:
+            outcome.error = f"{where}: {exc}; 0 of {len(files)} instances sent"
+            outcome.retryable = False
+            return
+        # Instances an association was lost on and whose file the node cannot parse: quarantined at the
+        # end if the destination acknowledged anything in this call (it works, they do not), else they
+        # are failures like any other loss (_quarantine_unparsable).
+        suspects: dict[int, str] = {}
         for plan in plan_associations(destination, files):
-            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where)
+            problem = self._send_plan(ae, destination, plan, on_sent, outcome, where, suspects, tls_args)
             if problem is not None:
                 text, retryable = problem
-                unsent = len(files) - len(outcome.sent) - len(outcome.failed)
+                unsent = len(files) - len(outcome.sent) - len(outcome.failed) - len(outcome.quarantined)
+                unsent -= len(suspects)
                 outcome.error = f"{where}: {text}; {len(outcome.sent)} of {len(files)} instances sent"
                 if unsent:
                     outcome.error += f", {unsent} not attempted or unanswered"
                 outcome.retryable = retryable
                 break
+        if suspects and outcome.sent:
+            outcome.quarantined.update(suspects)
+        elif suspects:
+            outcome.failed.update(suspects)
+            if outcome.error is None:
+                outcome.error = (
+                    f"{where}: the association was lost on each of {len(suspects)} instance(s) whose file "
+                    "the node cannot parse, and the destination acknowledged none: not quarantined"
+                )
+            outcome.retryable = True
         if outcome.failed:
             failures = self._describe_failures(files, outcome)
             outcome.error = f"{outcome.error}; {failures}" if outcome.error else f"{where}: {failures}"
@@ -229,12 +272,14 @@ class DimseSender:
         on_sent: OnSent,
         outcome: SendOutcome,
         where: str,
+        suspects: dict[int, str],
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
     ) -> tuple[str, bool] | None:
         """Send the plan's files, reconnecting after stalls. Returns (error text, retryable) or None."""
         pending = list(plan.files)
         stalls = 0
         while pending:
-            assoc, problem = self._associate(ae, destination, plan)
+            assoc, problem = self._associate(ae, destination, plan, tls_args)
             outcome.associations += 1
             if problem is not None:
                 return problem
@@ -250,6 +295,9 @@ class DimseSender:
                         assoc.abort()
             if lost is None:
                 return None
+            if lost.instance is not None and self._quarantine_unparsable(lost, suspects, where):
+                pending = [f for f in pending if f is not lost.instance]
+                continue  # a new association for the others; each pass removes one instance
             if lost.stalled and stalls < self._settings.stall_retries:
                 stalls += 1
                 logger.warning(
@@ -266,8 +314,36 @@ class DimseSender:
             return lost.text, True
         return None
 
+    @staticmethod
+    def _quarantine_unparsable(lost: _Lost, suspects: dict[int, str], where: str) -> bool:
+        """After an association was lost on an instance: a suspect if the node cannot parse its file
+        either (True: go on with the others). Real peers do not answer a data set they cannot read
+        with a failure status: Orthanc sends no response (a stall), dcmtk's storescp aborts. Only then
+        is the file parsed in full (node.deliver.spooled.parse_problem), so the as-stored sending
+        stays as cheap as it is; a file that parses keeps the loss the destination's trouble
+        (reconnect or retry as before). A suspect is quarantined only if the destination acknowledged
+        other instances in the same call (_send_all): a destination that aborts every association
+        (e.g. Orthanc refusing an unknown caller) must not get a series quarantined."""
+        assert lost.instance is not None
+        reason = parse_problem(lost.instance.path, lost.instance.sop_instance_uid)
+        if reason is None:
+            return False
+        suspects[lost.instance.instance_id] = f"{reason}; the destination: {lost.text}"
+        logger.warning(
+            "%s: %s; SOP Instance %s left out (%s), going on with the others",
+            where,
+            lost.text,
+            lost.instance.sop_instance_uid,
+            reason,
+        )
+        return True
+
     def _associate(
-        self, ae: AE, destination: DimseDestination, plan: AssociationPlan
+        self,
+        ae: AE,
+        destination: DimseDestination,
+        plan: AssociationPlan,
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
     ) -> tuple[Association | None, tuple[str, bool] | None]:
         connected: list[bool] = []
         handlers: list[Any] = [
@@ -280,12 +356,15 @@ class DimseSender:
             contexts=plan.contexts(),
             ae_title=destination.ae_title,
             evt_handlers=handlers,
+            tls_args=tls_args,
         )
         if assoc.is_established:
             guard_responses(assoc)
             quiet_logging(assoc)
             return assoc, None
         if not connected:
+            if tls_args is not None:
+                return None, (f"cannot connect with TLS: {_probe_tls(destination, ae, tls_args)}", True)
             return None, (f"cannot connect: {_probe(destination.host, destination.port, ae)}", True)
         rsp = assoc.acceptor.primitive
         if assoc.is_rejected and rsp is not None:
@@ -326,7 +405,7 @@ class DimseSender:
             try:
                 payload = _payload(f, accepted.get(f.sop_class_uid, []))
             except _Unsendable as exc:
-                outcome.failed[f.instance_id] = str(exc)
+                (outcome.quarantined if exc.quarantine else outcome.failed)[f.instance_id] = str(exc)
                 continue
             msg_id = msg_id % 65535 + 1
             answer: int | _Lost | None = _NOT_ON_WIRE
@@ -343,9 +422,13 @@ class DimseSender:
             if is_delivered(answer):
                 outcome.sent.append(f.instance_id)
                 on_sent(f, answer)
+                continue
+            refusal = f"status {describe_status(answer)}"
+            if is_instance_refusal(answer):
+                outcome.quarantined[f.instance_id] = refusal
             else:
-                outcome.failed[f.instance_id] = f"status {describe_status(answer)}"
-                logger.warning("C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(answer))
+                outcome.failed[f.instance_id] = refusal
+            logger.warning("C-STORE of %s refused with %s", f.sop_instance_uid, describe_status(answer))
         return [], None
 
     def _wire_for(self, assoc: Association) -> WireStore | None:
@@ -363,11 +446,13 @@ class DimseSender:
                 f"no C-STORE response within dimse_timeout {self._settings.dimse_timeout:g} s "
                 f"for SOP Instance {f.sop_instance_uid}",
                 stalled=True,
+                instance=f,
             )
         return _Lost(
             f"association aborted while waiting for the C-STORE response for SOP Instance "
             f"{f.sop_instance_uid}",
             stalled=False,
+            instance=f,
         )
 
     def _store_on_wire(
@@ -382,7 +467,7 @@ class DimseSender:
         """Send one as-stored instance with node.deliver.wire.
 
         Returns the status, why the association is lost, None when the file cannot be read (recorded
-        in outcome.failed, nothing was sent), or _NOT_ON_WIRE for a file to send with pynetdicom.
+        in outcome.quarantined, nothing was sent), or _NOT_ON_WIRE for a file to send with pynetdicom.
         """
         asked = time.monotonic()
         try:
@@ -390,7 +475,7 @@ class DimseSender:
         except NotPlainPart10:
             return _NOT_ON_WIRE
         except UnreadableFile as exc:
-            outcome.failed[f.instance_id] = str(exc)
+            outcome.quarantined[f.instance_id] = str(exc)
             return None
         except WireError as exc:
             # Part of a message may be on the wire: the association cannot be used any more.
@@ -399,10 +484,10 @@ class DimseSender:
                 text = "association aborted by the peer (or connection closed) while sending SOP Instance"
             else:
                 text = "sending stalled (the peer stopped reading) at SOP Instance"
-            return _Lost(f"{text} {f.sop_instance_uid}: {exc}", stalled=False)
+            return _Lost(f"{text} {f.sop_instance_uid}: {exc}", stalled=False, instance=f)
         except OSError as exc:  # reading the spool file
             assoc.abort()
-            return _Lost(f"cannot read {f.path}: {exc.strerror or exc}", stalled=False)
+            return _Lost(f"cannot read {f.path}: {exc.strerror or exc}", stalled=False, instance=f)
         _, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             if assoc.is_established:
@@ -415,6 +500,7 @@ class DimseSender:
                 f"unexpected {type(rsp).__name__} from the peer in answer to the C-STORE of "
                 f"SOP Instance {f.sop_instance_uid}",
                 stalled=False,
+                instance=f,
             )
         return int(status)
 
@@ -424,20 +510,31 @@ class DimseSender:
         """Send one instance with pynetdicom's send_c_store (transcoded data sets, unusual files).
 
         Returns the status, why the association is lost, or None when this instance failed locally
-        (recorded in outcome.failed) and the association can go on.
+        (recorded in outcome.quarantined: pynetdicom raises before anything is sent) and the
+        association can go on.
         """
+        if isinstance(payload, Path):
+            # pynetdicom would send an empty or headless file's bytes as they are: check its head first.
+            reason = unreadable_reason(payload)
+            if reason is not None:
+                outcome.quarantined[f.instance_id] = reason
+                return None
         asked = time.monotonic()
         try:
             rsp = assoc.send_c_store(payload, msg_id=msg_id)
+        except InvalidDicomError as exc:
+            outcome.quarantined[f.instance_id] = f"{f.path} is not a readable DICOM file: {exc}"
+            return None
         except (ValueError, AttributeError) as exc:
-            # No matching context after all, missing file meta, or the data set cannot be encoded.
-            outcome.failed[f.instance_id] = f"cannot send: {exc}"
+            # Missing or unreadable File Meta, or a data set that cannot be encoded (the contexts were
+            # matched before: _payload).
+            outcome.quarantined[f.instance_id] = f"cannot send {f.path}: {exc}"
             return None
         except OSError as exc:
-            outcome.failed[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
+            outcome.quarantined[f.instance_id] = f"cannot read {f.path}: {exc.strerror or exc}"
             return None
         except RuntimeError:
-            return _Lost("association ended by the peer", stalled=False)
+            return _Lost("association ended by the peer", stalled=False, instance=f)
         status = rsp.get("Status")
         if status is None:
             return self._no_response(asked, f)
@@ -455,12 +552,39 @@ def _payload(f: InstanceFile, accepted: list[str]) -> Path | Dataset:
             try:
                 return load_for_target(f.path, f.transfer_syntax_uid)
             except TranscodeError as exc:
-                raise _Unsendable(str(exc)) from exc
+                raise _Unsendable(str(exc), quarantine=True) from exc
     names = ", ".join(UID(ts).name for ts in accepted)
     raise _Unsendable(
         f"stored as {UID(f.transfer_syntax_uid).name}, the peer accepted only {names} "
         f"for {UID(f.sop_class_uid).name}"
     )
+
+
+def _tls_args(destination: DimseDestination) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's tls_args for the destination, None for plain TCP. ConfigError for unusable files."""
+    tls = destination.tls
+    if tls is None:
+        return None
+    context = client_context(
+        verify=tls.verify,
+        ca_file=tls.ca_file,
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        where=f"destination {destination.name!r} tls",
+    )
+    return context, tls.server_name or destination.host
+
+
+def _probe_tls(destination: DimseDestination, ae: AE, tls_args: tuple[ssl.SSLContext, str]) -> str:
+    """Why a TLS connection fails (pynetdicom only logs it): one connect and handshake attempt."""
+    timeout = ae.connection_timeout or 10.0
+    context, server_name = tls_args
+    try:
+        with socket.create_connection((destination.host, destination.port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=server_name):
+                return "the handshake failed, but a second attempt succeeded (peer just came up?)"
+    except (OSError, ValueError) as exc:
+        return describe_failure(exc)
 
 
 def _mark_connected(event: evt.Event, connected: list[bool]) -> None:

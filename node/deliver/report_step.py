@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from node import audit
 from node.audit import Events, Where
-from node.db.models import Instance, Job, Series
+from node.db.models import Instance, Job, QuarantinedInstance, Series
 from node.deliver.base import InstanceFile, Sender, SendOutcome
 from node.deliver.plan import DeliveryPlan
 from node.receive.spool import Spool
@@ -73,9 +73,12 @@ class ReportStep:
             "series_instance_uid": uids.series_instance_uid,
             "attempt": job.attempts,
         }
+        # Not the instances this delivery quarantined: the destination does not have them, and their
+        # files may be unreadable (the SR copies patient and study from the first one).
+        quarantined = select(QuarantinedInstance.instance_id).where(QuarantinedInstance.job_id == job.id)
         rows = session.scalars(
             select(Instance)
-            .where(Instance.series_id == series.id)
+            .where(Instance.series_id == series.id, Instance.id.not_in(quarantined))
             .order_by(Instance.instance_number, Instance.id)
         ).all()
         session.commit()  # no read transaction across the send
@@ -123,7 +126,12 @@ class ReportStep:
                 {**details, "outcome": "sent"},
             )
             return None
-        error = outcome.error or "the structured report was not acknowledged"
+        # A refusal of the SR itself comes back as quarantined (it is the instance's): here it fails the
+        # step as before, with the destination's reason.
+        refused = next(iter(outcome.quarantined.values()), None)
+        error = outcome.error or (
+            f"refused: {refused}" if refused else "the structured report was not acknowledged"
+        )
         error = f"structured report {uids.sop_instance_uid}: {error}"
         outcome.error = error
         self._record(

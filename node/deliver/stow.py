@@ -9,8 +9,17 @@ Content-Length computed up front (memory stays bounded whatever the batch size).
 
 Per-instance outcome, from the Store Instances Response (``application/dicom+json``):
 - in ReferencedSOPSequence: delivered (status 0, or its WarningReason: delivered with a warning);
-- in FailedSOPSequence: failed with its FailureReason, retryable for 0xA7xx and 0x0110 only;
-- in neither, after a 2xx: failed, retryable ("not acknowledged"): a 200 alone is never a delivery.
+- in FailedSOPSequence: quarantined when its FailureReason is the instance's (0xA9xx, 0xCxxx, 0x0117:
+  node.deliver.base.is_instance_refusal), otherwise failed, retryable for 0xA7xx and 0x0110 only;
+- in neither, after a 2xx: failed, retryable ("not acknowledged"): a 200 alone is never a delivery;
+- in neither, after a 400 (bad syntax) whose body answers for other instances of the request, or for
+  a request of that one instance: quarantined. The server could not read it, not even its UID (Orthanc
+  answers so for a data set it cannot parse: 400, the others in ReferencedSOPSequence, an empty
+  FailedSOPSequence), and the same bytes get the same answer. A 400 that names none of several
+  instances says nothing about any one of them: they fail, as after a 2xx.
+
+A spooled file whose head is not a Part 10 file's (node.deliver.spooled) is quarantined before the
+request is built, so that it cannot spoil the request of the instances batched with it.
 
 A request the server answered without a usable per-instance response fails as a whole, and the attempt
 stops there (the instances not yet sent are left for the next attempt):
@@ -38,10 +47,18 @@ from pathlib import Path
 import requests
 import urllib3
 
-from node.deliver.base import InstanceFile, OnSent, SendOutcome, status_is_retryable, timed_send
+from node.deliver.base import (
+    InstanceFile,
+    OnSent,
+    SendOutcome,
+    is_instance_refusal,
+    status_is_retryable,
+    timed_send,
+)
 from node.deliver.destinations import Destination, DicomwebDestination
 from node.deliver.dimse import describe_status
 from node.deliver.http_auth import AuthSettingError, ResolvedAuth, resolve_auth
+from node.deliver.spooled import unreadable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +74,6 @@ _FAILURE_REASON = "00081197"
 _WARNING_REASON = "00081196"
 
 _RETRYABLE_HTTP = frozenset({408, 429})
-_UNREADABLE = "spool file"
 
 _warned_insecure: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
@@ -210,7 +226,7 @@ class StowSender:
         if problem is None:
             problem = self._send_batches(destination, files, on_sent, outcome, auth)
         if problem is not None:
-            unsent = len(files) - len(outcome.sent) - len(outcome.failed)
+            unsent = len(files) - len(outcome.sent) - len(outcome.failed) - len(outcome.quarantined)
             outcome.error = f"{where}: {problem.text}; {len(outcome.sent)} of {len(files)} instances sent"
             if unsent:
                 outcome.error += f", {unsent} not attempted or unanswered"
@@ -229,17 +245,14 @@ class StowSender:
         if outcome.error is not None:
             outcome.error = auth.redact(outcome.error)
             outcome.failed = {k: auth.redact(v) for k, v in outcome.failed.items()}
+        outcome.quarantined = {k: auth.redact(v) for k, v in outcome.quarantined.items()}
 
     @staticmethod
     def _permanent(outcome: SendOutcome) -> set[int]:
-        """Failed instances that a later attempt would not fix: refused with a non-retryable reason,
-        or whose spool file is gone."""
-        return {
-            i
-            for i, text in outcome.failed.items()
-            if (i in outcome.statuses and not status_is_retryable(outcome.statuses[i]))
-            or text.startswith(_UNREADABLE)
-        }
+        """Failed instances that a later attempt would not fix: refused with a non-retryable reason
+        that is not the instance's own (those are quarantined), e.g. 0x0122 SOP class not supported."""
+        statuses = outcome.statuses
+        return {i for i in outcome.failed if i in statuses and not status_is_retryable(statuses[i])}
 
     @staticmethod
     def _check_settings(destination: DicomwebDestination) -> _BatchProblem | None:
@@ -280,10 +293,11 @@ class StowSender:
                 batch = files[start : start + destination.batch_size]
                 readable = []
                 for f in batch:
-                    if f.path.is_file():
+                    reason = unreadable_reason(f.path)
+                    if reason is None:
                         readable.append(f)
                     else:
-                        outcome.failed[f.instance_id] = f"{_UNREADABLE} {f.path} cannot be read"
+                        outcome.quarantined[f.instance_id] = reason
                 if not readable:
                     continue
                 outcome.associations += 1
@@ -368,6 +382,10 @@ class StowSender:
             for f in batch:
                 outcome.failed[f.instance_id] = text
             return _BatchProblem(text, retryable, tuple(f.instance_id for f in batch))
+        # See the module docstring: after a 400, who is missing from the answer could not be read.
+        named = parsed.referenced.keys() | parsed.failed.keys()
+        answered = sum(f.sop_instance_uid in named for f in batch)
+        unreadable = status == 400 and (answered > 0 or len(batch) == 1)
         for f in batch:
             uid = f.sop_instance_uid
             if uid in parsed.referenced:
@@ -378,7 +396,12 @@ class StowSender:
             elif uid in parsed.failed:
                 reason = parsed.failed[uid]
                 outcome.statuses[f.instance_id] = reason
-                outcome.failed[f.instance_id] = f"{http}, {describe_reason(reason)}"
+                refused = outcome.quarantined if is_instance_refusal(reason) else outcome.failed
+                refused[f.instance_id] = f"{http}, {describe_reason(reason)}"
+            elif unreadable:
+                outcome.quarantined[f.instance_id] = (
+                    f"{http} without this instance in the response: the server could not read it"
+                )
             else:
                 # Not acknowledged: whatever the status, the instance is not counted as delivered.
                 outcome.failed[f.instance_id] = f"{http} without this instance in the response"

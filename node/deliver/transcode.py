@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def load_for_target(path: Path, stored: str) -> Dataset:
     """
     try:
         ds = dcmread(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, InvalidDicomError) as exc:
         raise TranscodeError(f"cannot read {path.name}: {exc}") from exc
     stored_uid = UID(stored)
     if stored_uid.is_compressed:

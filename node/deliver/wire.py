@@ -19,25 +19,54 @@ our thread sends one request at a time and waits for its response; the DUL threa
 release or abort, which happen after (or instead of) our writes. A write that fails or does not
 progress within the timeout raises WireError; the caller aborts the association.
 
+Not on TLS associations (WireStore raises WireError; the caller uses pynetdicom's send_c_store): there
+the DUL thread reading the socket and ours writing it would share one SSL connection object.
+
 The seam is small: `WireStore(assoc)` and `WireStore.send(...)`. DimseSender(fast_path=False) uses
 pynetdicom's send_c_store throughout; tests run both and compare what the peer received.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import ssl
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+
+from node.dimse_encoding import (
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    ERROR_COMMENT,
+    MESSAGE_ID,
+    MESSAGE_ID_BEING_RESPONDED_TO,
+    NO_DATA_SET,
+    PRIORITY,
+    STATUS,
+    command_set,
+    parse_command,
+    parse_pdvs,
+    pdata_header,
+    uid_bytes,
+    us_value,
+)
+from node.pynetdicom_tuning import intercept_pdata
 
 _PREAMBLE = 128
+PREAMBLE_BYTES = _PREAMBLE
 _PRIORITY_LOW = 0x0002  # what pynetdicom's send_c_store sends by default
-_C_STORE_RQ = 0x0001
 _DATA_SET_PRESENT = 0x0001  # any value but 0x0101; pynetdicom sends 0x0001
 _READ_UNLIMITED = 1 << 20  # chunk size when the peer sets no maximum PDU length
+HEAD_BYTES = _PREAMBLE + 16  # preamble, "DICM", (0002,0000) UL and its value
 
 
 class WireError(Exception):
@@ -50,7 +79,7 @@ class WireError(Exception):
 
 
 class UnreadableFile(Exception):
-    """The file could not be opened or its header read; nothing was sent."""
+    """The file could not be opened, its header read, or it has no data set; nothing was sent."""
 
 
 class NotPlainPart10(Exception):
@@ -64,11 +93,12 @@ def dataset_offset(path: Path) -> int | None:
     falls back to pynetdicom, which parses the File Meta fully.
     """
     with open(path, "rb") as f:
-        return _offset_from_head(f.read(_PREAMBLE + 16))
+        return offset_from_head(f.read(HEAD_BYTES))
 
 
-def _offset_from_head(head: bytes) -> int | None:
-    if len(head) < _PREAMBLE + 16 or head[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
+def offset_from_head(head: bytes) -> int | None:
+    """The data set's offset from a Part 10 file's first HEAD_BYTES bytes (see dataset_offset)."""
+    if len(head) < HEAD_BYTES or head[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
         return None
     # (0002,0000) UL, explicit VR little endian: tag, "UL", length 4, value.
     if head[_PREAMBLE + 4 : _PREAMBLE + 12] != b"\x02\x00\x00\x00UL\x04\x00":
@@ -77,35 +107,52 @@ def _offset_from_head(head: bytes) -> int | None:
     return _PREAMBLE + 16 + group_length
 
 
-def _element(element: int, value: bytes) -> bytes:
-    """A group 0000 element, Implicit VR Little Endian."""
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _uid(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def c_store_command(sop_class_uid: str, sop_instance_uid: str, message_id: int) -> bytes:
     """The encoded command set of a C-STORE-RQ with a data set, low priority."""
-    body = b"".join(
-        (
-            _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
-            _element(0x0100, struct.pack("<H", _C_STORE_RQ)),  # Command Field
-            _element(0x0110, struct.pack("<H", message_id)),  # Message ID
-            _element(0x0700, struct.pack("<H", _PRIORITY_LOW)),  # Priority
-            _element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),  # Command Data Set Type
-            _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
-        )
+    return command_set(
+        [
+            (AFFECTED_SOP_CLASS_UID, uid_bytes(sop_class_uid)),
+            (COMMAND_FIELD, struct.pack("<H", C_STORE_RQ)),
+            (MESSAGE_ID, struct.pack("<H", message_id)),
+            (PRIORITY, struct.pack("<H", _PRIORITY_LOW)),
+            (COMMAND_DATA_SET_TYPE, struct.pack("<H", _DATA_SET_PRESENT)),
+            (AFFECTED_SOP_INSTANCE_UID, uid_bytes(sop_instance_uid)),
+        ]
     )
-    return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
-def pdata_header(context_id: int, control: int, length: int) -> bytes:
-    """P-DATA-TF PDU header with one PDV item of `length` data bytes (PS3.8 9.3.5)."""
-    item_length = length + 2
-    return struct.pack(">BBIIBB", 0x04, 0x00, item_length + 4, item_length, context_id, control)
+def read_store_responses(assoc: Association) -> None:
+    """Parse this SCU association's C-STORE-RSPs on its DUL thread and queue them for `dimse.get_msg`
+    as pynetdicom C_STORE primitives carrying MessageIDBeingRespondedTo and Status, skipping
+    pynetdicom's PDU objects, P-DATA primitive and pydicom decoding of the command set (about a
+    third of the sender's CPU per instance). Any other PDU goes to pynetdicom as before."""
+    responses = assoc.dimse.msg_queue
+
+    def take(pdu: bytearray, _read_next: object, _abort: object, pynetdicom_idle: bool) -> bytearray | None:
+        if not pynetdicom_idle:
+            return pdu
+        pdvs = parse_pdvs(pdu)
+        if pdvs is None or len(pdvs) != 1 or not (pdvs[0].is_command and pdvs[0].is_last):
+            return pdu
+        elements = parse_command(memoryview(pdu)[pdvs[0].start : pdvs[0].end])
+        if elements is None:
+            return pdu
+        field = us_value(elements.get(COMMAND_FIELD))
+        data_set = us_value(elements.get(COMMAND_DATA_SET_TYPE))
+        message_id = us_value(elements.get(MESSAGE_ID_BEING_RESPONDED_TO))
+        status = us_value(elements.get(STATUS))
+        if field != C_STORE_RSP or data_set != NO_DATA_SET or message_id is None or status is None:
+            return pdu
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = message_id
+        response.Status = status
+        comment = elements.get(ERROR_COMMENT)
+        if comment:
+            response.ErrorComment = comment.decode("ascii", "replace").strip(" \x00")  # type: ignore[assignment]
+        responses.put((pdvs[0].context_id, response))
+        return None
+
+    intercept_pdata(assoc, take, calm_reactor=False)
 
 
 class WireStore:
@@ -116,7 +163,12 @@ class WireStore:
         sock = getattr(transport, "socket", None)
         if not isinstance(sock, socket.socket):
             raise WireError("the association has no plain TCP socket")
+        if isinstance(sock, ssl.SSLSocket):
+            # An SSL connection must not be written from one thread while pynetdicom's DUL thread reads
+            # it (OpenSSL's SSL objects are not safe for that), and takes no MSG_DONTWAIT either.
+            raise WireError("TLS association: pynetdicom's sender is used")
         self._sock = sock
+        read_store_responses(assoc)
         max_length = int(assoc.acceptor.maximum_length or 0)
         # A PDV item carries 6 bytes of header inside the PDU's variable field (as pynetdicom counts).
         self._fragment = max_length - 6 if max_length else _READ_UNLIMITED
@@ -145,12 +197,19 @@ class WireStore:
             raise UnreadableFile(f"cannot read {path}: {exc.strerror or exc}") from exc
         with f:
             try:
-                head = f.read(_PREAMBLE + 16)
+                head = f.read(HEAD_BYTES)
+                size = os.fstat(f.fileno()).st_size
             except OSError as exc:
                 raise UnreadableFile(f"cannot read {path}: {exc.strerror or exc}") from exc
-            offset = _offset_from_head(head)
+            offset = offset_from_head(head)
             if offset is None:
                 raise NotPlainPart10(str(path))
+            if offset >= size:
+                # Checked before the command goes out: an empty data set would spoil the association.
+                raise UnreadableFile(
+                    f"spool file {path} has no data set after its File Meta "
+                    f"({size} bytes, data set at {offset})"
+                )
             f.seek(offset)
             command = c_store_command(sop_class_uid, sop_instance_uid, message_id)
             # Commands are small; a peer's maximum PDU is at least a few KiB (dcmtk: 4096).

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,19 +25,22 @@ from node.db.models import Instance, Series, SeriesState, utcnow
 from node.db.session import commit_without_fsync
 from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
+from node.receive import consistency
+from node.receive.senders import STATUS_NOT_AUTHORIZED, Sender
 from node.receive.spool import PendingFile, Spool, sha256_hex
+from node.receive.validate import STATUS_VALUE_TOO_LONG, InvalidInstance, check_instance
 from node.uids import is_valid_uid, require_uid
 
 logger = logging.getLogger(__name__)
 
-Outcome = Literal["stored", "duplicate", "replaced", "kept_first"]
+Outcome = Literal["stored", "duplicate", "replaced", "kept_first", "quarantined"]
 
 
 @dataclass(frozen=True)
 class Received:
     """What a transport hands over: the encoded file (preamble + meta + dataset) and its decoded header."""
 
-    data: bytes
+    data: bytes | bytearray
     dataset: Dataset
     transfer_syntax_uid: str
     calling_ae: str | None
@@ -55,6 +60,8 @@ class Accepted:
     series_uid: str
     last_received_at: dt.datetime
     expected_count_reached: bool
+    # The consistency warnings recorded for this instance (node.receive.consistency.KINDS).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,18 @@ class _Identity:
     sop_class: str
     expected: int | None
     instance_number: int | None
+    modality: str | None = None
 
 
-_SERIES_COLUMNS = (Series.id, Series.state, Series.generation, Series.instance_count, Series.expected_count)
-SeriesRow = Row[int, str, int, int, int | None]
+_SERIES_COLUMNS = (
+    Series.id,
+    Series.state,
+    Series.generation,
+    Series.instance_count,
+    Series.expected_count,
+    Series.study_uid,
+)
+SeriesRow = Row[int, str, int, int, int | None, str]
 
 # Statements of the receive path, built once: building them per instance (coercion, cache keys) cost
 # more than executing them.
@@ -80,9 +95,9 @@ _TOUCH_SERIES = (
     .values(last_received_at=bindparam("b_now"))
     .returning(*_SERIES_COLUMNS)
 )
-_FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.path).where(
-    Instance.series_id == bindparam("b_series"), Instance.sop_instance_uid == bindparam("b_sop")
-)
+_FIND_INSTANCE = select(
+    Instance.id, Instance.sha256, Instance.path, Instance.sender_ae, Instance.sender_host
+).where(Instance.series_id == bindparam("b_series"), Instance.sop_instance_uid == bindparam("b_sop"))
 _INSERT_INSTANCE = insert(Instance)
 _COUNT_SERIES = (
     update(Series)
@@ -96,13 +111,17 @@ RECOVERED = "indexed at start: the file was durable in the spool, its database r
 
 
 class RejectedInstance(Exception):
-    """The instance is refused; `status` is the DICOM status to answer, `reason` says why."""
+    """The instance is refused; `status` is the DICOM status to answer, `reason` says why; `details`
+    go into the audit row's details besides the status and size."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, details: dict[str, object] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.details = details or {}
 
+
+REPLACEMENT_REFUSED = "replacement of an instance stored by another sender refused"
 
 # Status codes (PS3.4 Annex B): A700 out of resources, A900 data set does not match SOP class,
 # C000-CFFF cannot understand (C210: cannot decode, as pynetdicom uses it; C220: invalid/missing UID).
@@ -110,6 +129,9 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_MISMATCH = 0xA900
 STATUS_CANNOT_DECODE = 0xC210
 STATUS_INVALID_UID = 0xC220
+# C230 (pixel data inconsistent) and C240 (STATUS_VALUE_TOO_LONG: a value longer or larger than its
+# column holds) come from node.receive.validate.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class Ingest:
@@ -126,6 +148,7 @@ class Ingest:
         self._spool = spool
         self._receive = receive
         self._completion = completion
+        self._in_flight = _InFlight()
 
     def accept(self, item: Received) -> Accepted:
         """Store the instance durably or raise RejectedInstance (after auditing the rejection)."""
@@ -134,23 +157,41 @@ class Ingest:
         except RejectedInstance as exc:
             self.audit_rejection(item, exc)
             raise
+        except Exception as exc:  # the instance's boundary: a bug must still get a status and an audit row
+            who = item.calling_ae or item.peer
+            logger.exception("unexpected error while receiving an instance from %s", who)
+            rejected = RejectedInstance(STATUS_OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}")
+            self.audit_rejection(item, rejected)
+            raise rejected from exc
         self._metrics.record_received(
             item.source, item.calling_ae, item.transfer_syntax_uid, len(item.data), accepted.outcome
         )
+        for kind in accepted.warnings:
+            self._metrics.record_consistency_warning(kind)
         return accepted
 
     def _identify(self, item: Received) -> _Identity:
-        """The validated UIDs and counters, or RejectedInstance."""
+        """The validated UIDs and counters, or RejectedInstance. In this order: size (0xA700), the bytes
+        (node.receive.validate: 0xC210 undecodable, 0xC230 pixel data, 0xC240 value too long), the
+        UIDs (0xC220), the request's SOP class and instance (0xA900)."""
+        if len(item.data) > self._receive.max_instance_bytes:
+            raise RejectedInstance(
+                STATUS_OUT_OF_RESOURCES,
+                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
+                f"{self._receive.max_instance_bytes}",
+            )
         ds = item.dataset
         try:
-            sop_uid = require_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
-            sop_class = require_uid("SOPClassUID", ds.get("SOPClassUID"))
-            series_uid = require_uid("SeriesInstanceUID", ds.get("SeriesInstanceUID"))
-            study_uid = require_uid("StudyInstanceUID", ds.get("StudyInstanceUID"))
+            check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
+        except InvalidInstance as exc:
+            raise RejectedInstance(exc.status, exc.reason) from exc
+        try:
+            sop_uid = require_uid("SOPInstanceUID", _read(ds, "SOPInstanceUID"))
+            sop_class = require_uid("SOPClassUID", _read(ds, "SOPClassUID"))
+            series_uid = require_uid("SeriesInstanceUID", _read(ds, "SeriesInstanceUID"))
+            study_uid = require_uid("StudyInstanceUID", _read(ds, "StudyInstanceUID"))
         except InvalidUIDError as exc:
             raise RejectedInstance(STATUS_INVALID_UID, str(exc)) from exc
-        except Exception as exc:  # pydicom raises many types while decoding a malformed element lazily
-            raise RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {exc}") from exc
         if item.command_sop_instance_uid and item.command_sop_instance_uid.strip() != sop_uid:
             raise RejectedInstance(
                 STATUS_SOP_MISMATCH,
@@ -158,29 +199,33 @@ class Ingest:
             )
         if item.command_sop_class_uid and item.command_sop_class_uid.strip() != sop_class:
             raise RejectedInstance(STATUS_SOP_MISMATCH, f"SOPClassUID {sop_class} differs from the request's")
-        if len(item.data) > self._receive.max_instance_bytes:
-            raise RejectedInstance(
-                STATUS_OUT_OF_RESOURCES,
-                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
-                f"{self._receive.max_instance_bytes}",
-            )
+        # Read here, once, and checked for the columns (so that SQLite and PostgreSQL answer alike);
+        # nothing reads the data set lazily after this.
         return _Identity(
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
             sop_class=sop_class,
             expected=self._expected_count(ds),
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
+            instance_number=_column_int(ds, "InstanceNumber"),
+            modality=_column_text(ds, "Modality"),
         )
 
     def _accept(self, item: Received) -> Accepted:
         ident = self._identify(item)
+        self._check_free_disk(len(item.data))
         for attempt in range(2):
             # The file is hashed, written and fdatasync'd on the spool's I/O threads while this thread
             # does the database work; both must finish before the success status.
             pending = self._spool.stage_async(item.data)
             try:
-                return self._record(item, ident, pending)
+                with self._in_flight:
+                    if self._in_flight.others_busy():
+                        # Other instances are being stored: wait for this file to be durable before the
+                        # transaction, so that it holds SQLite's single write lock only for its statements,
+                        # not through this file's fdatasync (which would serialise every fdatasync).
+                        pending.staged.exception()
+                    return self._record(item, ident, pending)
             except IntegrityError:
                 # Another association created the same series (or instance) at the same moment.
                 if attempt == 1:
@@ -188,6 +233,20 @@ class Ingest:
             finally:
                 _discard_unplaced(self._spool, pending)
         raise AssertionError("unreachable")
+
+    def _check_free_disk(self, size: int) -> None:
+        """0xA700 before anything is written when the spool's file system would keep less than
+        receive.min_free_disk_bytes free after this instance (statvfs: a few microseconds)."""
+        floor = self._receive.min_free_disk_bytes
+        if not floor:
+            return
+        free = self._spool.free_bytes()
+        if free - size < floor:
+            raise RejectedInstance(
+                STATUS_OUT_OF_RESOURCES,
+                f"spool disk has {free // 2**20} MiB free, below receive.min_free_disk_bytes "
+                f"({floor // 2**20} MiB) with this instance",
+            )
 
     def index_spooled(self, relative: str, item: Received) -> Accepted:
         """Record a file that is already durable in the spool at `relative` but has no database row
@@ -204,6 +263,8 @@ class Ingest:
         now = utcnow()
         written: str | None = None
         obsolete: str | None = None
+        quarantined: str | None = None
+        sender = Sender.of(item.calling_ae, item.peer)
         series_uid, sop_uid = ident.series_uid, ident.sop_uid
         try:
             with self._sessions() as session, session.begin():
@@ -251,7 +312,24 @@ class Ingest:
                         **common,
                     )
                     return Accepted("kept_first", series_uid, now, False)
+                if spooled is None and existing is not None:
+                    original = Sender(existing.sender_ae, existing.sender_host)
+                    if not original.same_as(sender):
+                        quarantined = self._replacement_by_other_sender(
+                            conn, item, ident, pending, original, sender, digest, existing.sha256, common
+                        )
+                        if quarantined is not None:
+                            return Accepted("quarantined", series_uid, now, False)
 
+                warnings = consistency.check(
+                    conn,
+                    series_id=series.id,
+                    stored_study_uid=series.study_uid,
+                    study_uid=ident.study_uid,
+                    sop_uid=sop_uid,
+                    new_instance=existing is None,
+                )
+                consistency.record(conn, series.id, warnings, common)
                 generation = self._start_follow_up_if_needed(conn, series, common)
                 file_columns = dict(
                     transfer_syntax_uid=item.transfer_syntax_uid,
@@ -260,6 +338,8 @@ class Ingest:
                     generation=generation,
                     received_at=now,
                 )
+                if spooled is None:  # a file indexed at start has no known sender: keep the row's
+                    file_columns.update(sender_ae=sender.ae, sender_host=sender.host)
                 outcome: Outcome
                 count = series.instance_count
                 if existing is None:
@@ -311,6 +391,8 @@ class Ingest:
                             "old_sha256": existing.sha256,
                             "sha256": digest,
                             "transfer_syntax": item.transfer_syntax_uid,
+                            "original_sender": Sender(existing.sender_ae, existing.sender_host).to_audit(),
+                            "sender": sender.to_audit(),
                         },
                         **common,
                     )
@@ -320,13 +402,21 @@ class Ingest:
                 # Last: wait until the file is durable, then rename it into place; the commit follows.
                 if pending is not None:
                     self._spool.place(pending.staged.result(), written)
-                result = Accepted(outcome, series_uid, now, expected is not None and count >= expected)
+                result = Accepted(
+                    outcome,
+                    series_uid,
+                    now,
+                    expected is not None and count >= expected,
+                    tuple(w.kind for w in warnings),
+                )
         except SpoolError as exc:
             logger.error("spool write failed for %s in series %s: %s", sop_uid, series_uid, exc)
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, str(exc)) from exc
         except SQLAlchemyError as exc:
             if written is not None and spooled is None:  # never remove a durable file found at start
                 self._spool.remove(written)
+            if quarantined is not None:
+                self._spool.remove_quarantined(quarantined)
             if isinstance(exc, IntegrityError):
                 raise
             logger.error("database write failed for %s in series %s: %s", sop_uid, series_uid, exc)
@@ -334,6 +424,55 @@ class Ingest:
         if obsolete is not None:
             self._spool.remove(obsolete)
         return result
+
+    def _replacement_by_other_sender(
+        self,
+        conn: Connection,
+        item: Received,
+        ident: _Identity,
+        pending: PendingFile | None,
+        original: Sender,
+        newcomer: Sender,
+        digest: str,
+        stored_sha256: str,
+        common: Where,
+    ) -> str | None:
+        """Other bytes for a stored instance from another sender (or over one whose sender is unknown).
+        `refuse`: RejectedInstance 0x0124 (audited by accept with both senders); `quarantine`: the file
+        is placed in the spool's quarantine folder and audited, its quarantine path returned; `allow`:
+        None, the caller replaces as from the same sender."""
+        policy = self._receive.replacement_from_other_sender
+        if policy == "allow":
+            return None
+        senders = {"original_sender": original.to_audit(), "sender": newcomer.to_audit()}
+        if policy == "refuse":
+            raise RejectedInstance(
+                STATUS_NOT_AUTHORIZED,
+                # The ErrorComment (its first 64 characters) names neither sender; the audit row both.
+                REPLACEMENT_REFUSED,
+                {**senders, "sha256": digest, "stored_sha256": stored_sha256},
+            )
+        assert pending is not None  # only the receive path gets here, never the start-up index
+        relative = (
+            Spool.relative_path(ident.study_uid, ident.series_uid, ident.sop_uid, 0).removesuffix(".dcm")
+            + f"~{digest[:16]}.dcm"
+        )
+        audit.record_core(
+            conn,
+            Events.REPLACEMENT_QUARANTINED,
+            f"different bytes for a stored SOP Instance UID from {newcomer.describe()}, stored from "
+            f"{original.describe()}: kept aside, not forwarded (receive.replacement_from_other_sender)",
+            details={
+                **senders,
+                "path": f"quarantine/{relative}",
+                "size": len(item.data),
+                "sha256": digest,
+                "stored_sha256": stored_sha256,
+            },
+            **common,
+        )
+        self._spool.quarantine(pending.staged.result(), relative)
+        return relative
 
     def _lock_series(self, conn: Connection, item: Received, ident: _Identity, now: dt.datetime) -> SeriesRow:
         """The series row (id, state, generation, counts), created if new. An existing row is written
@@ -349,7 +488,7 @@ class Ingest:
             .values(
                 series_uid=ident.series_uid,
                 study_uid=ident.study_uid,
-                modality=str(item.dataset.get("Modality", "") or "") or None,
+                modality=ident.modality,
                 calling_ae=item.calling_ae,
                 called_ae=item.called_ae,
                 state=SeriesState.RECEIVING,
@@ -391,8 +530,19 @@ class Ingest:
         keyword = self._completion.expected_count_attribute
         if not keyword:
             return None
-        value = _int_or_none(ds.get(keyword))
+        value = _column_int(ds, keyword)
         return value if value and value > 0 else None
+
+    def refuse_undecodable(self, item: Received, exc: Exception) -> RejectedInstance:
+        """For a transport whose decoding of the data set failed (`item.dataset` is empty): the
+        validator's precise reason where it finds one (0xC210 otherwise), audited."""
+        try:
+            check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)
+            rejected = RejectedInstance(STATUS_CANNOT_DECODE, f"cannot decode data set: {type(exc).__name__}")
+        except InvalidInstance as invalid:
+            rejected = RejectedInstance(invalid.status, invalid.reason)
+        self.audit_rejection(item, rejected)
+        return rejected
 
     def audit_rejection(self, item: Received, exc: RejectedInstance) -> None:
         """Record a refused instance; UIDs only if they are valid (never patient data)."""
@@ -417,14 +567,66 @@ class Ingest:
                     sop_instance_uid=_valid_or_none(uid_or_none("SOPInstanceUID")),
                     calling_ae=item.calling_ae,
                     peer=item.peer,
-                    details={"status": exc.status, "size": len(item.data)},
+                    details={"status": exc.status, "size": len(item.data), **exc.details},
                 )
         except SQLAlchemyError:
             logger.exception("could not audit the rejection")
 
 
+class _InFlight:
+    """How many instances this Ingest is storing at once (a context manager counts one)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _InFlight:
+        with self._lock:
+            self._count += 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def others_busy(self) -> bool:
+        return self._count > 1
+
+
 def _valid_or_none(value: str | None) -> str | None:
     return value if is_valid_uid(value) else None
+
+
+def _read(ds: Dataset, keyword: str) -> object:
+    """An attribute's value, decoded now (pydicom decodes lazily): what node.receive.validate let
+    through decodes, and should a value still fail, the answer names it instead of an exception escaping
+    to pynetdicom (0xC211, no audit row)."""
+    try:
+        return ds.get(keyword)
+    except Exception as exc:  # pydicom raises assorted types for a malformed value
+        reason = f"{keyword} cannot be decoded: {type(exc).__name__}: {exc}"
+        raise RejectedInstance(STATUS_CANNOT_DECODE, reason) from exc
+
+
+def _column_text(ds: Dataset, keyword: str) -> str | None:
+    """A single-valued text attribute for a column (its length was checked by node.receive.validate)."""
+    value = _read(ds, keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue):
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} has {len(value)} values, one expected")
+    if not isinstance(value, str):  # pydicom keeps a value it could not convert as bytes (VR UN)
+        raise RejectedInstance(STATUS_CANNOT_DECODE, f"{keyword} cannot be decoded as text")
+    return value.strip() or None
+
+
+def _column_int(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute for an INTEGER column: within PS3.5's IS range (32-bit signed), which both
+    databases hold (SQLite would take a larger one, PostgreSQL would not)."""
+    value = _int_or_none(_read(ds, keyword))
+    if value is not None and not INT32_MIN <= value <= INT32_MAX:
+        raise RejectedInstance(STATUS_VALUE_TOO_LONG, f"{keyword} {value} is outside the 32-bit range")
+    return value
 
 
 def _int_or_none(value: object) -> int | None:

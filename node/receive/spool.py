@@ -2,6 +2,8 @@
 
 Paths are built only from validated UIDs (node.uids), so no sender can choose where a file lands.
 Layout: <root>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>[~<n>].dcm (~n: a replacement)
+Quarantined instances (acknowledged, never forwarded nor indexed): <root>/quarantine/<same layout>, where
+<n> is the first 16 hex digits of the file's SHA-256.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class Spool:
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="spool-io")
         self.instances_dir = root / "instances"
         self.tmp_dir = root / "tmp"
+        self.quarantine_dir = root / "quarantine"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         self._clean_tmp()
 
     def _clean_tmp(self) -> None:
@@ -61,10 +65,15 @@ class Spool:
         suffix = f"~{variant}" if variant else ""
         return f"{study}/{series}/{sop}{suffix}.dcm"
 
+    def free_bytes(self) -> int:
+        """Bytes available to the node on the spool's file system."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
     def absolute(self, relative: str) -> Path:
         return self.instances_dir / relative
 
-    def stage(self, data: bytes, digest: str | None = None) -> StagedFile:
+    def stage(self, data: bytes | bytearray, digest: str | None = None) -> StagedFile:
         """Write `data` to a temporary file and fdatasync it; place() or discard() it next."""
         digest = digest or sha256_hex(data)
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
@@ -85,7 +94,7 @@ class Spool:
             ) from exc
         return StagedFile(Path(tmp_name), digest, len(data))
 
-    def stage_async(self, data: bytes) -> PendingFile:
+    def stage_async(self, data: bytes | bytearray) -> PendingFile:
         """Hash, then stage(), on the spool's I/O threads, so that the caller does its database work
         meanwhile (SHA-256, write and fdatasync all release the GIL). The digest is available as soon
         as it is computed, before the file is durable."""
@@ -100,7 +109,13 @@ class Spool:
 
     def place(self, staged: StagedFile, relative: str) -> None:
         """Rename a staged file to `relative` and make the rename durable (fsync of the folders)."""
-        target = self.absolute(relative)
+        self._place_at(staged, self.absolute(relative), relative)
+
+    def quarantine(self, staged: StagedFile, relative: str) -> None:
+        """As place(), under quarantine_dir: start-up reconciliation and retention never look there."""
+        self._place_at(staged, self.quarantine_dir / relative, f"quarantine/{relative}")
+
+    def _place_at(self, staged: StagedFile, target: Path, relative: str) -> None:
         try:
             new_dir = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +143,9 @@ class Spool:
     def remove(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)
 
+    def remove_quarantined(self, relative: str) -> None:
+        (self.quarantine_dir / relative).unlink(missing_ok=True)
+
     def prune_series_dir(self, study_uid: str, series_uid: str) -> None:
         """Remove the series folder (and its study folder) if empty; never touches files."""
         folder = (
@@ -142,7 +160,7 @@ class Spool:
                 return
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

@@ -28,6 +28,9 @@ NODE_FIELDS = (
     "series.calling_ae",
     "series.called_ae",
     "series.generation",
+    # Consistency warnings (docs/rules.md): true when any instance of the series was flagged at receive.
+    "consistency.sop_in_other_series",
+    "consistency.series_in_other_study",
 )
 # Names filled by the analysis step in SeriesFacts.extra (exact names and namespaces), from its registry.
 EXTRA_NAMES = ANALYSIS_NAMES
@@ -175,6 +178,10 @@ def _from_bytes(raw: bytes) -> Observed:
     return _from_items(text.split("\\"))
 
 
+def _flag(count: int | None) -> bool | None:
+    return None if count is None else count > 0
+
+
 def observe(ref: FieldRef, facts: SeriesFacts) -> Observed:
     """The value of a field for a series."""
     if ref.kind == "node":
@@ -183,6 +190,8 @@ def observe(ref: FieldRef, facts: SeriesFacts) -> Observed:
             "series.calling_ae": facts.calling_ae,
             "series.called_ae": facts.called_ae,
             "series.generation": facts.generation,
+            "consistency.sop_in_other_series": _flag(facts.sop_uid_conflicts),
+            "consistency.series_in_other_study": _flag(facts.study_uid_conflicts),
         }[ref.text]
         return _MISSING if value is None else _from_items([value])
     if ref.kind == "extra":

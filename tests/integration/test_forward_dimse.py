@@ -24,6 +24,7 @@ from node.config import ForwardSettings
 from node.deliver.base import InstanceFile
 from node.deliver.destinations import DimseDestination
 from node.deliver.dimse import DimseSender
+from node.deliver.wire import dataset_offset
 from node.pynetdicom_tuning import install
 from tests.peers import free_port, in_process_scp, make_series
 
@@ -115,12 +116,76 @@ def test_partial_failure_records_status_and_sends_the_rest(tmp_path: Path, sende
         assert part in outcome.error
 
 
-def test_cannot_understand_is_not_retryable(tmp_path: Path, sender: DimseSender) -> None:
+def test_cannot_understand_quarantines_every_refused_instance(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 2)
     with in_process_scp(status_for=lambda uid: 0xC000) as scp:
         outcome = sender.send(destination(scp.port), files, Recorder())
-    assert outcome.sent == [] and not outcome.retryable
+    assert outcome.sent == [] and outcome.failed == {} and outcome.ok
     assert outcome.statuses == {f.instance_id: 0xC000 for f in files}
+    assert outcome.quarantined == {f.instance_id: "status 0xC000 (cannot understand)" for f in files}
+
+
+@pytest.mark.parametrize("status", [0xC000, 0xC211, 0xA900, 0x0117])
+def test_refusal_of_one_instance_quarantines_it_and_sends_the_rest(
+    tmp_path: Path, sender: DimseSender, status: int
+) -> None:
+    files = make_series(tmp_path / "s", 5)
+    bad = files[1]
+    rec = Recorder()
+    with in_process_scp(status_for=lambda uid: status if uid == bad.sop_instance_uid else 0) as scp:
+        outcome = sender.send(destination(scp.port), files, rec)
+    assert outcome.ok, outcome.error
+    assert rec.ids == outcome.sent == [f.instance_id for f in files if f is not bad]
+    assert list(outcome.quarantined) == [bad.instance_id] and outcome.failed == {}
+    assert f"0x{status:04X}" in outcome.quarantined[bad.instance_id]
+    assert outcome.statuses[bad.instance_id] == status
+    assert outcome.associations == 1
+
+
+def test_refusal_of_every_instance_alike_still_fails_the_attempt(tmp_path: Path, sender: DimseSender) -> None:
+    """0x0124 (not authorised) is about the destination's view of us, not the instance: no quarantine."""
+    files = make_series(tmp_path / "s", 2)
+    with in_process_scp(status_for=lambda uid: 0x0124) as scp:
+        outcome = sender.send(destination(scp.port), files, Recorder())
+    assert outcome.quarantined == {} and set(outcome.failed) == {f.instance_id for f in files}
+    assert not outcome.ok and not outcome.retryable
+
+
+def _corrupt(path: Path, how: str) -> None:
+    """Damage a spooled file on disk, after it was received."""
+    data = path.read_bytes()
+    offset = dataset_offset(path)
+    assert offset is not None
+    if how == "head":  # preamble, DICM and File Meta overwritten
+        path.write_bytes(b"\xff" * 200 + data[200:])
+    elif how == "truncated":  # nothing left after the File Meta
+        path.write_bytes(data[:offset])
+    else:  # the first data set elements overwritten: only the peer can tell
+        path.write_bytes(data[:offset] + b"\xff" * 64 + data[offset + 64 :])
+
+
+@pytest.mark.parametrize("how", ["head", "truncated", "body"])
+def test_corrupted_spool_file_is_quarantined_and_the_rest_sent(
+    tmp_path: Path, sender: DimseSender, how: str
+) -> None:
+    files = make_series(tmp_path / "s", 4)
+    bad = files[2]
+    _corrupt(bad.path, how)
+    rec = Recorder()
+    with in_process_scp() as scp:
+        outcome = sender.send(destination(scp.port), files, rec)
+    assert outcome.ok, outcome.error
+    assert rec.ids == [f.instance_id for f in files if f is not bad]
+    assert list(outcome.quarantined) == [bad.instance_id]
+    reason = outcome.quarantined[bad.instance_id]
+    if how == "body":
+        # Sent as stored (the node does not parse what it forwards); the peer cannot decode it.
+        assert outcome.statuses[bad.instance_id] >= 0xC000 and "cannot understand" in reason
+    else:
+        # Caught by the node before anything of it went out: the peer never saw it.
+        assert str(bad.path) in reason and bad.instance_id not in outcome.statuses
+        assert bad.sop_instance_uid not in scp.uids()
+    assert outcome.associations == 1
 
 
 def test_association_rejected(tmp_path: Path, sender: DimseSender) -> None:
@@ -242,15 +307,16 @@ def test_many_sop_classes_are_split_over_associations(tmp_path: Path, sender: Di
     assert sorted(rec.ids) == sorted(f.instance_id for f in files)
 
 
-def test_unreadable_file_fails_that_instance_only(tmp_path: Path, sender: DimseSender) -> None:
+def test_unreadable_file_quarantines_that_instance_only(tmp_path: Path, sender: DimseSender) -> None:
     files = make_series(tmp_path / "s", 3)
     files[1].path.unlink()
     rec = Recorder()
     with in_process_scp() as scp:
         outcome = sender.send(destination(scp.port), files, rec)
     assert rec.ids == [files[0].instance_id, files[2].instance_id]
-    assert list(outcome.failed) == [files[1].instance_id]
-    assert not outcome.ok
+    assert list(outcome.quarantined) == [files[1].instance_id] and outcome.failed == {}
+    assert str(files[1].path) in outcome.quarantined[files[1].instance_id]
+    assert outcome.ok, outcome.error
 
 
 def test_on_sent_error_propagates(tmp_path: Path, sender: DimseSender) -> None:

@@ -4,6 +4,7 @@ HTTP failures, timeouts, auth secrets read at send time and never shown."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import tracemalloc
 from pathlib import Path
@@ -89,22 +90,44 @@ def test_partial_failure_gives_per_instance_outcomes(tmp_path: Path) -> None:
     assert [uid for uid, _ in acknowledged] == [f.instance_id for f in files if f.sop_instance_uid
                                                 not in (busy, refused)]
     assert dict(acknowledged)[files[2].instance_id] == 0xB000
-    assert set(outcome.failed) == {files[1].instance_id, files[4].instance_id}
+    # Out of resources is the destination's trouble: failed, retried. Cannot understand is the instance's:
+    # quarantined, it does not fail the attempt (node.deliver.base.is_instance_refusal).
+    assert set(outcome.failed) == {files[1].instance_id}
     assert "0xA700 (out of resources)" in outcome.failed[files[1].instance_id]
     assert "HTTP 202" in outcome.failed[files[1].instance_id]
-    assert "0xC000 (cannot understand)" in outcome.failed[files[4].instance_id]
+    assert set(outcome.quarantined) == {files[4].instance_id}
+    assert "0xC000 (cannot understand)" in outcome.quarantined[files[4].instance_id]
     assert outcome.statuses[files[1].instance_id] == 0xA700
-    assert outcome.error is not None and "2 of 6 instances failed" in outcome.error
+    assert outcome.statuses[files[4].instance_id] == 0xC000
+    assert outcome.error is not None and "1 of 6 instances failed" in outcome.error
     assert outcome.retryable  # the 0xA700 one may pass next time
 
 
-def test_only_permanent_refusals_are_not_retryable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reason", [0xC000, 0xA900, 0x0117])
+def test_refusals_of_the_instance_quarantine_it_only(tmp_path: Path, reason: int) -> None:
     files = make_series(tmp_path, 3)
-    refused = {files[0].sop_instance_uid: 0xC000}
+    refused = {files[0].sop_instance_uid: reason}
     with stow_peer(lambda r: StowAnswer.store_response(r, failed=refused)) as peer:
         outcome, acknowledged = send(destination(peer.url), files)
-    assert len(acknowledged) == 2
-    assert not outcome.ok and not outcome.retryable
+    assert [i for i, _ in acknowledged] == [files[1].instance_id, files[2].instance_id]
+    assert outcome.ok, outcome.error
+    assert list(outcome.quarantined) == [files[0].instance_id] and outcome.failed == {}
+    assert f"FailureReason 0x{reason:04X}" in outcome.quarantined[files[0].instance_id]
+
+
+def test_spool_file_without_part10_head_is_quarantined_before_the_request(tmp_path: Path) -> None:
+    """Its bytes never reach the server, where they could spoil the request of the others."""
+    files = make_series(tmp_path, 3)
+    with open(files[1].path, "r+b") as f:
+        f.write(b"\xff" * 200)  # preamble, DICM and File Meta overwritten on disk
+    with stow_peer() as peer:
+        outcome, acknowledged = send(destination(peer.url, batch_size=10), files)
+    assert outcome.ok, outcome.error
+    assert peer.received_uids() == [files[0].sop_instance_uid, files[2].sop_instance_uid]
+    assert [i for i, _ in acknowledged] == [files[0].instance_id, files[2].instance_id]
+    assert list(outcome.quarantined) == [files[1].instance_id]
+    assert str(files[1].path) in outcome.quarantined[files[1].instance_id]
+    assert "not a DICOM Part 10 file" in outcome.quarantined[files[1].instance_id]
 
 
 def test_conflict_with_every_instance_refused(tmp_path: Path) -> None:
@@ -126,6 +149,45 @@ def test_ok_without_the_instance_in_the_response_is_not_sent(tmp_path: Path) -> 
     assert [i for i, _ in acknowledged] == [files[0].instance_id, files[2].instance_id]
     assert outcome.failed == {files[1].instance_id: "HTTP 200 OK without this instance in the response"}
     assert outcome.retryable
+
+
+def test_bad_request_without_the_instance_quarantines_it(tmp_path: Path) -> None:
+    """Orthanc's answer to a part it cannot parse: 400, the others referenced, the bad one nowhere."""
+    files = make_series(tmp_path, 3)
+    missing = files[1].sop_instance_uid
+    with stow_peer(lambda r: StowAnswer.store_response(r, omit=frozenset({missing}), status=400)) as peer:
+        outcome, acknowledged = send(destination(peer.url), files)
+    assert [i for i, _ in acknowledged] == [files[0].instance_id, files[2].instance_id]
+    assert outcome.ok, outcome.error
+    assert outcome.quarantined == {
+        files[1].instance_id: "HTTP 400 Bad Request without this instance in the response: "
+        "the server could not read it"
+    }
+
+
+def test_bad_request_for_one_instance_alone_quarantines_it(tmp_path: Path) -> None:
+    files = make_series(tmp_path, 2)
+    bad = files[0].sop_instance_uid
+    # What Orthanc answers for a request of one part it cannot parse: both sequences empty.
+    empty = StowAnswer(400, json.dumps({"00081198": {"vr": "SQ"}, "00081199": {"vr": "SQ"}}).encode())
+
+    def answer(request: StowRequest) -> StowAnswer:
+        return empty if request.sop_instance_uids == [bad] else StowAnswer.store_response(request)
+
+    with stow_peer(answer) as peer:
+        outcome, acknowledged = send(destination(peer.url, batch_size=1), files)
+    assert [i for i, _ in acknowledged] == [files[1].instance_id]
+    assert list(outcome.quarantined) == [files[0].instance_id] and outcome.ok
+
+
+def test_bad_request_naming_none_of_several_fails_them(tmp_path: Path) -> None:
+    """Nothing says which part was bad (or whether our request was): no quarantine, the attempt fails."""
+    files = make_series(tmp_path, 2)
+    with stow_peer(lambda r: StowAnswer.store_response(r, omit=frozenset(r.sop_instance_uids), status=400)
+                   ) as peer:
+        outcome, acknowledged = send(destination(peer.url), files)
+    assert acknowledged == [] and outcome.quarantined == {}
+    assert set(outcome.failed) == {f.instance_id for f in files} and not outcome.ok
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """A running node delivering over STOW-RS to a scripted peer that fails some instances: per-instance
 outcomes in the audit rows, only the failed instances re-sent, a dead letter once only permanent
-refusals are left."""
+refusals of the destination's kind are left (0x0122: a refusal of the instance itself quarantines it
+instead: tests/integration/test_quarantine_node.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def test_partial_failure_retries_only_the_failed_then_dead_letters_the_refused(t
     seen: set[str] = set()
 
     def answer(request: StowRequest) -> StowAnswer:
-        # 0xA700 the first time a "busy" instance comes, 0xC000 for the refused one, always.
+        # 0xA700 the first time a "busy" instance comes, 0x0122 for the refused one, always.
         failed = {uid: 0xA700 for uid in request.sop_instance_uids if uid in busy and uid not in seen}
-        failed[refused] = 0xC000
+        failed[refused] = 0x0122
         seen.update(request.sop_instance_uids)
         return StowAnswer.store_response(request, failed=failed)
 
@@ -55,16 +56,16 @@ def test_partial_failure_retries_only_the_failed_then_dead_letters_the_refused(t
     assert job.state == JobState.FAILED and job.attempts == 2
     first, second = attempts
     assert first.details["sent"] == 3 and first.details["failed"] == 3
-    assert first.details["statuses"] == ["0x0000", "0xA700", "0xC000"]
+    assert first.details["statuses"] == ["0x0000", "0x0122", "0xA700"]
     assert sorted(first.details["failures"]) == sorted([*busy, refused])  # keyed by SOP Instance UID
     reasons = sorted(first.details["failures"].values())
     assert reasons == [
+        "HTTP 202 Accepted, FailureReason 0x0122 (SOP class not supported)",
         "HTTP 202 Accepted, FailureReason 0xA700 (out of resources)",
         "HTTP 202 Accepted, FailureReason 0xA700 (out of resources)",
-        "HTTP 202 Accepted, FailureReason 0xC000 (cannot understand)",
     ]
     assert second.details["sent"] == 2 and second.details["failed"] == 1
     assert "dead letter (not retryable)" in dead.message
-    assert f"SOP Instance {refused}: HTTP 202 Accepted, FailureReason 0xC000 (cannot understand)" in (
+    assert f"SOP Instance {refused}: HTTP 202 Accepted, FailureReason 0x0122 (SOP class not supported)" in (
         dead.message
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -128,6 +129,30 @@ def test_quiet_time_completes_once_and_queues_route(tmp_path: Path) -> None:
         assert done[0].details["reason"] == "quiet_time"
         wait_for(lambda: _events(node, "route.decision", series_uid), what="route decision")
         assert len(_events(node, "series.complete", series_uid)) == 1
+
+
+def test_series_arriving_for_longer_than_the_quiet_time_completes_after_its_last_instance(
+    tmp_path: Path,
+) -> None:
+    """The quiet-time job is armed once per series, not moved per instance (node/tracker.py): it fires
+    while instances still arrive, finds the series not quiet and waits again from the last one."""
+    quiet = 1.0
+    with running_node(make_settings(tmp_path, completion={"quiet_seconds": quiet})) as node:
+        series_uid = generate_uid()
+        assoc = scu().associate("127.0.0.1", node.port, ae_title="NODE")
+        try:
+            for n in range(1, 8):  # about 2 s of arrivals on one association, gaps of about 0.3 s
+                assert int(assoc.send_c_store(synthetic_ct(series_uid, number=n)).Status) == 0
+                time.sleep(0.3)
+        finally:
+            assoc.release()
+        done = wait_for(lambda: _events(node, "series.complete", series_uid), what="series completion")
+        assert done[0].details["instance_count"] == 7 and len(done) == 1
+        assert not _events(node, "series.follow_up", series_uid)
+        with node.sessions() as session:
+            series = session.scalars(select(Series).where(Series.series_uid == series_uid)).one()
+        assert series.completed_at is not None and series.last_received_at is not None
+        assert (series.completed_at - series.last_received_at).total_seconds() >= quiet
 
 
 def test_expected_count_completes_without_waiting(tmp_path: Path) -> None:

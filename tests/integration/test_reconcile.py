@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from node.config import CompletionSettings, ReceiveSettings
 from node.db.models import AuditEvent, Instance, Series, SeriesState
 from node.db.session import make_session_factory
-from node.receive.ingest import RECOVERED, Ingest, Received
+from node.receive.ingest import RECOVERED, Ingest, Received, RejectedInstance
 from node.receive.reconcile import reconcile
+from node.receive.senders import STATUS_NOT_AUTHORIZED
 from node.receive.spool import Spool, sha256_hex
 from tests.nodeutil import make_settings, running_node, synthetic_ct
 
@@ -222,3 +223,39 @@ def test_only_the_receive_transaction_commits_without_fsync(
         engine.dispose()
     assert during == [1]  # NORMAL for the receive transaction
     assert after == {2}
+
+
+def test_an_instance_indexed_at_start_has_no_known_sender_so_a_replacement_is_refused(
+    parts: tuple[sessionmaker[Session], Spool, Ingest],
+) -> None:
+    sessions, spool, ingest = parts
+    lost = synthetic_ct(number=1)
+    spool_without_row(spool, lost)
+    reconcile(sessions, spool, ingest)
+    changed = synthetic_ct(lost.SeriesInstanceUID, lost.StudyInstanceUID, number=2)
+    changed.SOPInstanceUID = lost.SOPInstanceUID
+    changed.file_meta.MediaStorageSOPInstanceUID = lost.SOPInstanceUID
+    with pytest.raises(RejectedInstance) as refused:
+        ingest.accept(received(changed))
+    assert refused.value.status == STATUS_NOT_AUTHORIZED
+    assert refused.value.details["original_sender"] == {"calling_ae": None, "host": None}
+    with sessions() as session:
+        row = session.scalars(select(Instance)).one()
+    assert (row.sender_ae, row.sender_host, row.sha256) == (None, None, sha256_hex(encoded(lost)))
+
+
+def test_a_lost_replacement_indexed_at_start_keeps_the_sender_of_the_row(
+    parts: tuple[sessionmaker[Session], Spool, Ingest],
+) -> None:
+    sessions, spool, ingest = parts
+    first = synthetic_ct(number=1)
+    ingest.accept(received(first))  # from MOD at 127.0.0.1
+    changed = synthetic_ct(first.SeriesInstanceUID, first.StudyInstanceUID, number=2)
+    changed.SOPInstanceUID = first.SOPInstanceUID
+    changed.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    spool_without_row(spool, changed, variant=1)
+    assert reconcile(sessions, spool, ingest).indexed
+    with sessions() as session:
+        row = session.scalars(select(Instance)).one()
+    assert row.sha256 == sha256_hex(encoded(changed))
+    assert (row.sender_ae, row.sender_host) == ("MOD", "127.0.0.1")

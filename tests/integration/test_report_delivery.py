@@ -149,3 +149,47 @@ def test_a_report_that_cannot_be_built_fails_the_delivery_with_the_reason(
     assert report.details["outcome"] == "failed" and report.details["retryable"] is False
     assert "could not be built" in report.message and "No such file" in report.message
     assert "could not be built" in dead.message
+
+
+def test_report_of_a_partial_delivery_leaves_the_quarantined_instance_out(
+    tmp_path: Path, package: Path
+) -> None:
+    """The first instance is refused (0xC000) and its spooled file is damaged: the SR takes its header
+    from the next one and references only what the destination has; the delivery ends partial."""
+    study, series_uid = generate_uid(), generate_uid()
+    volume = [ct_with_geometry(series_uid, study, n) for n in range(1, 9)]
+    refused = str(volume[0].SOPInstanceUID)
+    nodes: list[NodeService] = []
+
+    def before_answer(uid: str) -> None:
+        if uid == refused:  # sent as stored already; damage it on disk before the SR is built
+            with nodes[0].sessions() as session:
+                row = session.scalars(select(Instance).where(Instance.sop_instance_uid == refused)).one()
+                path = nodes[0].spool.absolute(row.path)
+            path.write_bytes(b"\xff" * 200 + path.read_bytes()[200:])
+
+    with in_process_scp(
+        sop_classes=(CTImageStorage, EnhancedSRStorage),
+        status_for=lambda uid: 0xC000 if uid == refused else 0x0000,
+        before_answer=before_answer,
+    ) as scp:
+        settings = make_settings(
+            tmp_path,
+            rules_path=str(rules_file(tmp_path / "rules.yaml", scp.port)),
+            classify={"enabled": True, "model_dir": str(package), "device": "cpu"},
+        )
+        with running_node(settings) as node:
+            nodes.append(node)
+            assert store(node.port, volume) == [0] * 8
+            wait_for(lambda: events(node, "delivery.done"), timeout=60, what="the delivery to end")
+            [report] = events(node, "delivery.report")
+            [done] = events(node, "delivery.done")
+    expected = report_uids(series_uid, "tiny-test@0.0.1", 1)
+    assert report.details["outcome"] == "sent" and report.details["references"] == 7
+    assert done.details["partial"] is True and done.details["quarantined_total"] == 1
+    sr = next(r.dataset for r in scp.received if r.sop_instance_uid == expected.sop_instance_uid)
+    referenced = {str(e.value) for e in sr.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+    assert referenced == {str(ds.SOPInstanceUID) for ds in volume[1:]}
+    path = tmp_path / "received-sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    check_sr(path)

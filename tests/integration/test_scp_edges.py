@@ -10,9 +10,6 @@ import struct
 import time
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from sqlalchemy import select
 
 from node.db.models import AuditEvent
@@ -30,6 +27,8 @@ from tests.rawpeer import (
     c_echo_rq,
     c_store_rq,
     command_set,
+    data_set_bytes,
+    established,
     p_data_tf,
     pdu,
 )
@@ -65,19 +64,6 @@ def echo_ok(port: int, source: str | None = None) -> bool:
     finally:
         if assoc.is_established:
             assoc.release()
-
-
-def data_set_bytes(ds: Dataset) -> bytes:
-    """`ds` encoded in Explicit VR Little Endian (the raw peer's accepted CT context 1)."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
-
-
-def established(peer: RawPeer) -> None:
-    answer = peer.associate()
-    assert answer.is_accept and answer.accepted_contexts() == [1, 3], answer
 
 
 # -- 1. what a PDU header claims is not allocated ----------------------------------------------------

@@ -21,10 +21,11 @@ from sqlalchemy import select
 from node.app import NodeService
 from node.audit import Events
 from node.db.models import AuditEvent, Series, SeriesState
+from node.receive.senders import STATUS_NOT_AUTHORIZED
 from node.web.auth import hash_password
 from node.web.stow_response import FAILURE_CANNOT_UNDERSTAND, FAILURE_STUDY_MISMATCH
 from tests.interop.e2e import events
-from tests.nodeutil import make_settings, recording_sink, running_node, synthetic_ct, wait_for
+from tests.nodeutil import make_settings, recording_sink, running_node, store, synthetic_ct, wait_for
 from tests.peers import ct_files, require_binary
 from tests.webutil import STOW_CONTENT_TYPE, multipart_body, part10, serve, stow_app
 
@@ -377,3 +378,18 @@ def test_an_unwritable_staging_folder_is_503_and_the_node_goes_on(stow: Stow) ->
     [row] = stow.audit_since(first, Events.STOW_REJECTED)
     assert row.details is not None and row.details["http_status"] == 503
     _good_upload_still_works(stow)
+
+
+def test_a_stow_replacement_of_an_instance_a_modality_sent_is_refused_with_0124(stow: Stow) -> None:
+    ds = synthetic_ct()
+    assert store(stow.service.port, [ds], ae_title="MODALITY") == [0]
+    changed = synthetic_ct(ds.SeriesInstanceUID, ds.StudyInstanceUID, number=2)
+    changed.SOPInstanceUID = ds.SOPInstanceUID
+    changed.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    first = stow.last_audit_id()
+    status, body, _ = stow.curl(multipart_body([part10(changed)]))
+    assert status == 409, body
+    assert _failures(body) == [STATUS_NOT_AUTHORIZED]
+    (rejected,) = stow.audit_since(first, Events.INSTANCE_REJECTED)
+    assert rejected.details["original_sender"] == {"calling_ae": "MODALITY", "host": "127.0.0.1"}
+    assert rejected.details["sender"] == {"calling_ae": None, "host": "http:alice@127.0.0.1"}

@@ -270,6 +270,38 @@ def test_workers_survive_postgresql_stopped_and_started(
             assert len(sink.received) == 2
 
 
+def test_stores_during_an_outage_get_a700_and_nothing_is_spooled_then_succeed(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped: a C-STORE gets 0xA700 "database error" (the sender keeps the instance; its
+    audit row cannot be written, the WARNING log line says it), no file stays in the spool, and the
+    node, on the same association, stores again once the database is back."""
+    from sqlalchemy import func, select
+
+    from node.db.models import Instance
+    from tests.nodeutil import make_settings, running_node, scu, synthetic_ct
+
+    url = postgres_server.create_database(f"pg_store_outage_{next(_counter)}")
+    with running_node(make_settings(tmp_path, database_url=url)) as node:
+        assoc = scu().associate("127.0.0.1", node.port, ae_title="NODE")
+        try:
+            assert int(assoc.send_c_store(synthetic_ct(number=1)).Status) == 0x0000
+            postgres_server.pause()
+            try:
+                refused = assoc.send_c_store(synthetic_ct(number=2))
+                assert int(refused.Status) == 0xA700
+                assert "database error" in str(refused.ErrorComment)
+            finally:
+                postgres_server.resume()
+            assert int(assoc.send_c_store(synthetic_ct(number=3)).Status) == 0x0000
+        finally:
+            assoc.release()
+        with node.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 2
+        assert len(list(node.spool.instances_dir.rglob("*.dcm"))) == 2
+        assert not list(node.spool.tmp_dir.iterdir())
+
+
 def test_no_transaction_is_open_while_a_series_is_analysed(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

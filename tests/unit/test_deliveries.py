@@ -21,6 +21,7 @@ from node.db.models import (
     Job,
     JobKind,
     JobState,
+    QuarantinedInstance,
     SentInstance,
     Series,
     SeriesState,
@@ -32,6 +33,7 @@ from node.deliveries import (
     cmd_deliveries_list,
     cmd_deliveries_retry,
     list_deliveries,
+    render_deliveries,
     retry_all_failed,
     retry_job,
 )
@@ -271,6 +273,61 @@ def test_retry_done_needs_force_and_then_sends_everything_again(
     (row,) = requeue_rows(session)
     assert row.details is not None and row.details["previous_state"] == "done"
     assert row.details["reason"].startswith("operator")
+
+
+def quarantine_one(session: Session, job_id: int) -> None:
+    """Turn the done delivery into a partial one: its last instance quarantined instead of sent."""
+    job = session.get(Job, job_id)
+    assert job is not None
+    last = max(session.scalars(select(SentInstance).where(SentInstance.job_id == job_id)),
+               key=lambda r: r.instance_id)
+    session.delete(last)
+    session.add(QuarantinedInstance(
+        job_id=job_id, instance_id=last.instance_id, status=0xC000,
+        reason="status 0xC000 (cannot understand)", quarantined_at=T0,
+    ))
+    session.commit()
+
+
+def test_partial_delivery_is_listed_with_its_quarantined_count(session: Session, ids: dict[str, int]) -> None:
+    before = {d["job_id"]: d for d in list_deliveries(session)}
+    assert before[ids["done"]]["partial"] is False and before[ids["done"]]["quarantined_instances"] == 0
+    quarantine_one(session, ids["done"])
+    items = {d["job_id"]: d for d in list_deliveries(session)}
+    done = items[ids["done"]]
+    assert done["state"] == "done" and done["partial"] is True
+    assert done["sent_instances"] == 2 and done["quarantined_instances"] == 1
+    # A failed delivery with quarantined instances is not "partial": it is not done.
+    session.add(QuarantinedInstance(job_id=ids["failed_a"], instance_id=done_instance(session, ids),
+                                    status=None, reason="spool file gone", quarantined_at=T0))
+    session.commit()
+    failed = {d["job_id"]: d for d in list_deliveries(session)}[ids["failed_a"]]
+    assert failed["partial"] is False and failed["quarantined_instances"] == 1
+    lines = render_deliveries(list_deliveries(session, state="done")).splitlines()
+    assert "QUARANTINED" in lines[0].split()
+    row = lines[1].split()
+    # ID ... STATE, ATTEMPTS, SENT, QUARANTINED
+    assert row[0] == str(ids["done"]) and row[6:11] == ["done", "(partial)", "1", "2", "1"]
+
+
+def done_instance(session: Session, ids: dict[str, int]) -> int:
+    job = session.get(Job, ids["failed_a"])
+    assert job is not None
+    first = session.scalars(select(Instance.id).where(Instance.series_id == job.series_id)).first()
+    assert first is not None
+    return first
+
+
+def test_forced_retry_of_a_partial_delivery_clears_its_quarantine(
+    session: Session, ids: dict[str, int]
+) -> None:
+    quarantine_one(session, ids["done"])
+    retry_job(session, ids["done"], force=True)
+    query = select(func.count()).select_from(QuarantinedInstance).where(
+        QuarantinedInstance.job_id == ids["done"]
+    )
+    assert session.scalar(query) == 0
+    assert sent_count(session, ids["done"]) == 0
 
 
 def test_retry_unknown_job(session: Session, ids: dict[str, int]) -> None:

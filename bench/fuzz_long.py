@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="cases between good-peer checks")
     parser.add_argument("--deadline", type=float, default=15.0, help="seconds a case may take")
     parser.add_argument("--no-stow", action="store_true", help="leave out the STOW-RS cases")
+    parser.add_argument(
+        "--family", action="append", choices=["store", "pdu", "stow"], help="only these families (repeatable)"
+    )
     parser.add_argument("--work", type=Path, help="the node's data directory's parent (default: tmpfs)")
     parser.add_argument("--dump", type=Path, default=Path("fuzz-findings"), help="bytes of each finding")
     args = parser.parse_args(argv)
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             time_limit_s=args.minutes * 60,
             stow=not args.no_stow,
+            families=set(args.family) if args.family else None,
             only=args.case,
             dump_dir=args.dump,
             progress=lambda line: print(line, flush=True),

@@ -231,6 +231,7 @@ class Campaign:
         batch: int = 200,
         time_limit_s: float | None = None,
         stow: bool = True,
+        families: set[str] | None = None,
         only: list[int] | None = None,
         dump_dir: Path | None = None,
         progress: Callable[[str], None] | None = None,
@@ -241,7 +242,8 @@ class Campaign:
         self.deadline_s = deadline_s
         self.batch = batch
         self.time_limit_s = time_limit_s
-        self.stow = stow
+        self.stow = stow and (families is None or "stow" in families)
+        self.families = families or set(FAMILY_WEIGHTS)
         self.only = only
         self.dump_dir = dump_dir
         self.progress = progress
@@ -256,9 +258,9 @@ class Campaign:
 
     def make_case(self, index: int) -> Case:
         rng = random.Random(f"{self.seed}:{index}")
-        weights = (
-            dict(FAMILY_WEIGHTS) if self.stow else {k: v for k, v in FAMILY_WEIGHTS.items() if k != "stow"}
-        )
+        weights = {
+            k: v for k, v in FAMILY_WEIGHTS.items() if k in self.families and (k != "stow" or self.stow)
+        }
         family = _pick(rng, weights)
         if family == "store":
             return self._store_case(index, rng)

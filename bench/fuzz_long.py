@@ -2,9 +2,9 @@
 cases bounded by --minutes, then the figures: cases, crashes, hangs, refused-slot events, RSS over
 time, acknowledged-unreadable instances by mutation, whether the good peer always got in.
 
-    python -m bench.fuzz_long                          # 100,000 cases or 120 minutes, seed 1
-    python -m bench.fuzz_long --seed 7 --case 38       # replay one case (its bytes under --dump)
-    python -m bench.fuzz_long --cases 5000 --minutes 2 --no-stow
+    python bench/fuzz_long.py                          # 100,000 cases or 120 minutes, seed 1
+    python bench/fuzz_long.py --seed 7 --case 38       # replay one case (its bytes under --dump)
+    python bench/fuzz_long.py --cases 5000 --minutes 2 --no-stow
 
 The node's data directory is on tmpfs (/dev/shm) unless --work says otherwise: the cases exercise
 the protocol and ingest, not the disk. Exit status 1 when any target is missed (0 crashes, 0 hangs,
@@ -18,7 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.fuzz.campaign import Campaign
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fuzz.campaign import Campaign  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """One fuzzing run: start a node once, send N seeded cases, check after each, count, print.
 
 Case i of seed S is drawn from random.Random(f"{S}:{i}") alone, so any case replays by itself
-(`Campaign(..., only=[i])`, or `python -m bench.fuzz_long --seed S --case i`). After every case: the node's
+(`Campaign(..., only=[i])`, or `python bench/fuzz_long.py --seed S --case i`). After every case: the node's
 answer, a deadline (a case past it is a hang), new ERROR records with a traceback or pynetdicom's
 handler-failure status 0xC211 (a crash), and every instance the node stored since the last case read
 back with pydicom and dcmtk (an unreadable one is "acknowledged unreadable"). Between batches: a good

@@ -1,7 +1,7 @@
 """The short fuzz run in the suite: one node, a few thousand seeded cases (C-STORE data sets, raw
 associations and PDUs, STOW-RS requests), 0 crashes, 0 hangs, 0 acknowledged unreadable instances,
 a good peer always in. The seed is fixed and printed; a failure names each case (replay it with
-`python -m bench.fuzz_long --seed SEED --case N`) and writes its bytes under the test's tmp directory."""
+`python bench/fuzz_long.py --seed SEED --case N`) and writes its bytes under the test's tmp directory."""
 
 from __future__ import annotations
 

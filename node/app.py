@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from node import COMMAND, audit, jobs, pynetdicom_tuning, retention
+from node import COMMAND, audit, jobs, log_privacy, pynetdicom_tuning, retention
 from node.analysis import SeriesAnalyser
 from node.audit import Events
 from node.classify.factory import build_analyser
@@ -174,6 +174,7 @@ class NodeService:
 
     def start(self) -> int:
         pynetdicom_tuning.install(self.settings.receive.poll_delay_seconds)
+        log_privacy.install()
         # Before the listener and the tracker: rows lost with un-fsync'd commits (power loss) come back.
         reconcile(self.sessions, self.spool, self.ingest)
         with self.sessions() as session:

@@ -15,9 +15,24 @@ class InvalidUIDError(NodeError):
     """A UID that is not a syntactically valid DICOM UID (and so never becomes a path)."""
 
     def __init__(self, field: str, value: object) -> None:
-        super().__init__(f"invalid {field}: {value!r}")
+        super().__init__(f"invalid {field}: {_shown(value)}")
         self.field = field
         self.value = value
+
+
+_UID_LIKE = frozenset("0123456789. \x00")
+
+
+def _shown(value: object) -> str:
+    """The bad value as a message may show it: quoted only when it is short and made of UID
+    characters. A malformed data set's "UID" can run on over the elements after it (Patient Name,
+    Patient ID), and this message goes to the log, the audit row and the ErrorComment."""
+    if value is None:
+        return "missing"
+    if isinstance(value, str) and len(value) <= 70 and set(value) <= _UID_LIKE:
+        return repr(value)
+    size = f", {len(value)} characters" if isinstance(value, str) else ""
+    return f"not a UID ({type(value).__name__}{size}; value not shown)"
 
 
 class SpoolError(NodeError):

@@ -50,6 +50,13 @@ applies.
    `guard_responses` stops the reactor from swallowing C-STORE responses (pynetdicom issue #875) and
    `quiet_logging` unbinds pynetdicom's per-message logging handlers.
 
+7. The state machine after the connection has gone (fsm.StateMachine.do_action is wrapped): a peer
+   that sends its A-ASSOCIATE-RQ and at once something that makes the DUL abort (a P-DATA-TF before
+   the A-ASSOCIATE-AC, an unknown PDU) puts the machine in Sta13 or Sta1 while the association thread
+   is still deciding; its A-ASSOCIATE-AC/RJ (Evt7/Evt8) then raised InvalidEventError and killed the
+   DUL thread with a traceback (found by tests/fuzz). A local primitive in those states has nowhere
+   to go and is dropped.
+
 Every abort, close and refusal above triggers EVT_PROTOCOL_ERROR (a pynetdicom notification event
 defined here) with `answer` ("A-ABORT", "closed", "status"), `why`, and `source`/`reason` or `status`,
 so that the SCP can audit it.
@@ -75,6 +82,7 @@ from pynetdicom import _config, evt
 from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dul as _dul
+from pynetdicom import fsm as _fsm
 from pynetdicom import transport as _transport
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
@@ -135,7 +143,17 @@ STATUS_UNRECOGNIZED_OPERATION = 0x0211
 _REQUEST_FIELDS: dict[type, int] = {C_STORE: 0x0001, C_ECHO: 0x0030}
 
 # pynetdicom's PDU decoders raise these on malformed input.
-_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, struct.error, UnicodeDecodeError)
+# pynetdicom checks item lengths inside an A-ASSOCIATE-RQ with `assert` (pdu.py _generate_items): an
+# item whose length runs past the PDU raised AssertionError past this reader (found by tests/fuzz).
+_DECODE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    struct.error,
+    UnicodeDecodeError,
+    AssertionError,
+)
 
 EVT_PROTOCOL_ERROR = evt.NotificationEvent(
     "EVT_PROTOCOL_ERROR", "The node aborted, closed or refused on a protocol error (node.pynetdicom_tuning)"
@@ -735,6 +753,25 @@ def tune_association(event: evt.Event) -> None:
 CONN_OPEN_HANDLERS = [(evt.EVT_CONN_OPEN, tune_association)]
 
 
+# -- 7. the state machine after the connection has gone --------------------------------------------
+
+_ORIGINAL_DO_ACTION = _fsm.StateMachine.do_action
+# Events from the local user (PS3.8 9.2): A-ASSOCIATE response accept/reject, P-DATA, A-RELEASE, A-ABORT.
+_LOCAL_EVENTS = frozenset({"Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+_GONE_STATES = frozenset({"Sta1", "Sta13"})  # idle, or awaiting the transport's close
+
+
+def _do_action(self: _fsm.StateMachine, event: str) -> None:
+    if (
+        event in _LOCAL_EVENTS
+        and self.current_state in _GONE_STATES
+        and (event, self.current_state) not in _fsm.TRANSITION_TABLE
+    ):
+        logger.debug("dropped %s in %s: the connection is already closing", event, self.current_state)
+        return
+    _ORIGINAL_DO_ACTION(self, event)
+
+
 # -- install ---------------------------------------------------------------------------------------
 
 
@@ -745,6 +782,7 @@ def install(poll_delay_seconds: float = DEFAULT_POLL_DELAY) -> None:
     _dimse.DIMSEServiceProvider.receive_primitive = _receive_primitive  # type: ignore[method-assign]
     _association.Association._serve_request = _serve_request  # type: ignore[method-assign]
     _dul.DULServiceProvider.idle_timer_expired = _idle_timer_expired  # type: ignore[method-assign]
+    _fsm.StateMachine.do_action = _do_action  # type: ignore[method-assign]
     # send_c_store(<path>) sends the encoded data set straight from the file (node.deliver.dimse).
     _config.STORE_SEND_CHUNKED_DATASET = True
 
@@ -755,6 +793,7 @@ def installed() -> bool:
         and _dimse.DIMSEServiceProvider.receive_primitive is _receive_primitive
         and _association.Association._serve_request is _serve_request
         and _dul.DULServiceProvider.idle_timer_expired is _idle_timer_expired
+        and _fsm.StateMachine.do_action is _do_action
         and poll_delay_installed() is not None
         and _config.STORE_SEND_CHUNKED_DATASET
     )

@@ -66,6 +66,9 @@ UNDEFINED = 0xFFFFFFFF
 
 ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, FRAMES = 0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008
 PIXEL_REPRESENTATION = 0x00280103
+# The VRs the pixel data's length is computed from must have (Explicit VR): pydicom, and every reader
+# after it, cannot compute the length from a Rows sent as text.
+IMAGE_VRS = {ROWS: b"US", COLUMNS: b"US", SAMPLES: b"US", BITS_ALLOCATED: b"US", FRAMES: b"IS"}
 TRANSFER_SYNTAX = 0x00020010
 
 # PS3.5 Table 6.2-1: maximum length of one value (PN: of one component group), in bytes.
@@ -177,6 +180,8 @@ class _Walker:
         if vr == b"SQ" or (not self.explicit and tag in SEQUENCE_TAGS):
             self.items(tag, start, end, depth + 1, delimited=False)
         elif top:
+            if vr and tag in IMAGE_VRS and vr not in (IMAGE_VRS[tag], b"UN"):
+                raise _pixels(f"{tag_name(tag)} has VR {_show(vr)}, not {IMAGE_VRS[tag].decode()}")
             self.top_value(tag, start, end)
         return end
 
@@ -254,7 +259,9 @@ class _Walker:
         return int(self.u16.unpack(raw)[0])
 
     def native_pixels(self, length: int) -> None:
-        missing = [tag_name(t) for t in (ROWS, COLUMNS, BITS_ALLOCATED) if self.number(t) is None]
+        # Type 1 in the Image Pixel module (PS3.3 C.7.6.3): without them the length cannot be checked.
+        required = (ROWS, COLUMNS, BITS_ALLOCATED, SAMPLES)
+        missing = [tag_name(t) for t in required if self.number(t) is None]
         if missing:
             raise _pixels(f"{tag_name(PIXEL_DATA)} without {', '.join(missing)}")
         rows, columns, bits = self.number(ROWS), self.number(COLUMNS), self.number(BITS_ALLOCATED)

@@ -318,7 +318,7 @@ def _read_pdu(self: _dul.DULServiceProvider) -> None:
     data = _read_whole_pdu(self, sock, state)
     if data is None:
         return
-    interceptor = _INTERCEPTORS.get(self.assoc)
+    interceptor: PDataInterceptor | None = getattr(self.assoc, _INTERCEPTOR_ATTRIBUTE, None)
     if interceptor is not None and data[0] == P_DATA_TF_TYPE and state == "Sta6":
         data = interceptor(
             data,
@@ -390,7 +390,9 @@ def _dispatch_pdu(dul: _dul.DULServiceProvider, data: bytearray) -> None:
 PDataInterceptor = Callable[
     [bytearray, Callable[[], "bytearray | None"], Callable[[str], None], bool], "bytearray | None"
 ]
-_INTERCEPTORS: weakref.WeakKeyDictionary[Association, PDataInterceptor] = weakref.WeakKeyDictionary()
+# Kept on the association itself, not in a WeakKeyDictionary: an interceptor refers to its association
+# (node.receive.wire.StoreReceiver), and a value that refers to its weak key keeps it alive for ever.
+_INTERCEPTOR_ATTRIBUTE = "_node_pdata_interceptor"
 
 
 # How long the acceptor's reactor waits for a DIMSE message per loop when an interceptor serves
@@ -405,7 +407,7 @@ def intercept_pdata(assoc: Association, interceptor: PDataInterceptor, calm_reac
     instead of polling it every 0.1 ms (the capped sleep of 2.): the interceptor runs on the DUL
     thread, and a reactor waking 10,000 times a second took the GIL from it (one association: 47
     against 86 images/s). Not for a C-STORE SCU association, whose reactor guard_responses silences."""
-    _INTERCEPTORS[assoc] = interceptor
+    setattr(assoc, _INTERCEPTOR_ATTRIBUTE, interceptor)
     if not calm_reactor:
         return
     queue_ = assoc.dimse.msg_queue

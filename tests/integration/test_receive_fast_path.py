@@ -225,3 +225,28 @@ def test_both_paths_store_identical_files(tmp_path: Path) -> None:
             (row,) = instances(node)
             stored[fast] = (node.spool.absolute(row.path)).read_bytes()
     assert stored[True] == stored[False]
+
+
+def test_ended_associations_are_freed(tmp_path: Path) -> None:
+    """The fast path's receiver refers to its association; it must not keep it (and its buffers) alive
+    after the association ends (it did while kept in a WeakKeyDictionary: 30 associations, 30 kept)."""
+    import gc
+    import time
+
+    from pynetdicom.association import Association
+
+    from tests.nodeutil import scu
+
+    def live_acceptors() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, Association) and o.is_acceptor)
+
+    with node_with(tmp_path, True) as node:
+        for _ in range(20):
+            assoc = scu().associate("127.0.0.1", node.port, ae_title="NODE")
+            assert int(assoc.send_c_store(synthetic_ct()).Status) == 0x0000
+            assoc.release()
+        deadline = time.monotonic() + 10
+        while live_acceptors() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the last association's threads end just after its release
+        assert live_acceptors() == 0

@@ -615,6 +615,10 @@ def _is_open(assoc: Association) -> bool:
     return transport is not None and transport.socket is not None
 
 
+# How long server_close waits for connections accepted before it to become associations it can close.
+_LATE_STARTERS_WAIT = 2.0
+
+
 class HostLimitedServer(_transport.ThreadedAssociationServer):
     """Closes a new connection at once when its IP already has `max_per_host` open connections."""
 
@@ -650,6 +654,22 @@ class HostLimitedServer(_transport.ThreadedAssociationServer):
         if refused:
             self._on_refused(host, count)
         return not refused
+
+    def server_close(self) -> None:
+        """Close the listening socket, then the connections accepted just before it that are still
+        awaiting their A-ASSOCIATE-RQ, including those whose Association thread was only starting:
+        the shutdown drain cannot see those yet, and each one's DUL thread (not a daemon) would keep
+        the process alive until its negotiation timeout."""
+        super().server_close()
+        deadline = _time.monotonic() + _LATE_STARTERS_WAIT
+        while True:
+            _close_unnegotiated(self.active_associations)
+            with self._count_lock:
+                starting = bool(self._starting)
+            if not starting or _time.monotonic() > deadline:
+                break
+            _time.sleep(0.01)
+        _close_unnegotiated(self.active_associations)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         # The Association thread is running (counted by open_connections) once this returns.
@@ -700,8 +720,12 @@ _CLOSED: weakref.WeakSet[Association] = weakref.WeakSet()
 
 def close_unnegotiated(ae: ApplicationEntity) -> int:
     """Close every accepted connection still awaiting its A-ASSOCIATE-RQ; returns how many."""
+    return _close_unnegotiated(ae.active_associations)
+
+
+def _close_unnegotiated(associations: list[Association]) -> int:
     closed = 0
-    for assoc in ae.active_associations:
+    for assoc in associations:
         dul = assoc.dul
         if assoc in _CLOSED or not _awaiting_rq(dul) or not _is_open(assoc):
             continue

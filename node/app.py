@@ -125,7 +125,11 @@ class NodeService:
             self.sessions, self.settings.completion, self.wake_router.set, metrics=self.metrics
         )
         self.ingest = Ingest(
-            receive_session_factory(self.settings.resolved_database_url, self.sessions),
+            receive_session_factory(
+                self.settings.resolved_database_url,
+                self.sessions,
+                self.settings.receive.database_wait_seconds,
+            ),
             self.spool,
             self.settings.receive,
             self.settings.completion,

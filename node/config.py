@@ -89,6 +89,9 @@ class ReceiveSettings(_Strict):
     # Stores are refused (0xA700, nothing written) while the spool's file system would keep less than
     # this free; they are accepted again as soon as space returns. 0: no floor.
     min_free_disk_bytes: int = Field(1024**3, ge=0)
+    # SQLite: how long a store waits for the database's write lock (another process or a long transaction
+    # holding it) before it is refused with 0xA700; well below a sender's own DIMSE timeout (often 30 s).
+    database_wait_seconds: float = Field(10.0, gt=0)
     # AE titles the node answers to besides ae_title (A-ASSOCIATE-RQ's called AE title).
     called_ae_titles: list[str] = []
     # False: any called AE title is accepted (for sites whose modalities send to a wrong one).

@@ -41,14 +41,15 @@ def commit_without_fsync(connection: Connection) -> None:
     connection.info[_RELAXED] = True
 
 
-def make_engine(url: str, *, relaxed_commits: bool = False) -> Engine:
+def make_engine(url: str, *, relaxed_commits: bool = False, busy_timeout_seconds: float = 30.0) -> Engine:
     """relaxed_commits (SQLite only): every connection commits with synchronous=NORMAL, so that
     commit_without_fsync costs nothing: the receive path's own engine (receive_session_factory)."""
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        connect_args = {"check_same_thread": False, "timeout": busy_timeout_seconds}
+        engine = create_engine(url, connect_args=connect_args)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -59,7 +60,7 @@ def make_engine(url: str, *, relaxed_commits: bool = False) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL" if relaxed_commits else "PRAGMA synchronous=FULL")
             _record.info[_ALWAYS_RELAXED] = relaxed_commits
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "checkin")
@@ -77,10 +78,15 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def receive_session_factory(url: str, sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+def receive_session_factory(
+    url: str, sessions: sessionmaker[Session], busy_timeout_seconds: float = 30.0
+) -> sessionmaker[Session]:
     """The sessions of the receive path (Ingest). SQLite: a second engine on the same file whose
     connections always commit without fsync, which is what commit_without_fsync asks for on every
     receive transaction (two PRAGMAs per instance saved: about 0.3 ms). Otherwise `sessions`."""
     if sqlite_path(url) is None:
         return sessions
-    return make_session_factory(make_engine(url, relaxed_commits=True))
+    # busy_timeout_seconds: how long a store waits for SQLite's write lock before it answers 0xA700.
+    return make_session_factory(
+        make_engine(url, relaxed_commits=True, busy_timeout_seconds=busy_timeout_seconds)
+    )

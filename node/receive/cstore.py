@@ -23,12 +23,8 @@ from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from node.dimse_encoding import text_bytes, uid_bytes
-from node.receive.ingest import (
-    STATUS_OUT_OF_RESOURCES,
-    Ingest,
-    Received,
-    RejectedInstance,
-)
+from node.receive.ingest import Ingest, Received, RejectedInstance
+from node.receive.ingest import too_large as ingest_too_large
 
 # (series UID, time of the last instance, expected count reached): re-arms the completion timer.
 OnStored = Callable[[str, dt.datetime, bool], None]
@@ -175,8 +171,6 @@ def store_part10(
 
 def too_large(ingest: Ingest, request: StoreRequest, size: int, limit: int) -> StoreAnswer:
     """The answer to a data set that was dropped while it arrived because it passed `limit` bytes."""
-    rejected = RejectedInstance(
-        STATUS_OUT_OF_RESOURCES, f"instance of {size} bytes exceeds max_instance_bytes {limit}"
-    )
+    rejected = ingest_too_large(size, limit)
     ingest.audit_rejection(Received(b"", Dataset(), "", request.calling_ae, request.peer), rejected)
     return StoreAnswer(rejected.status, rejected.reason)

@@ -134,6 +134,12 @@ STATUS_INVALID_UID = 0xC220
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
+def too_large(size: int, limit: int) -> RejectedInstance:
+    """The refusal of an instance over receive.max_instance_bytes (whichever path measured it)."""
+    reason = f"instance of {size} bytes exceeds max_instance_bytes {limit}"
+    return RejectedInstance(STATUS_OUT_OF_RESOURCES, reason)
+
+
 class Ingest:
     def __init__(
         self,
@@ -175,11 +181,7 @@ class Ingest:
         (node.receive.validate: 0xC210 undecodable, 0xC230 pixel data, 0xC240 value too long), the
         UIDs (0xC220), the request's SOP class and instance (0xA900)."""
         if len(item.data) > self._receive.max_instance_bytes:
-            raise RejectedInstance(
-                STATUS_OUT_OF_RESOURCES,
-                f"instance of {len(item.data)} bytes exceeds max_instance_bytes "
-                f"{self._receive.max_instance_bytes}",
-            )
+            raise too_large(len(item.data), self._receive.max_instance_bytes)
         ds = item.dataset
         try:
             check_instance(item.data, item.transfer_syntax_uid, self._receive.max_instance_bytes)

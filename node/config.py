@@ -86,6 +86,9 @@ class ReceiveSettings(_Strict):
     replacement_from_other_sender: Literal["refuse", "quarantine", "allow"] = "refuse"
     # Largest instance accepted (bytes); larger ones get 0xA700 and an audit row.
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    # The receive fast path keeps an instance in memory up to this size; a larger one is written to a
+    # temporary file in the spool as its fragments arrive (memory per association stays bounded).
+    spill_to_disk_bytes: int = Field(32 * 1024**2, gt=0)
     # Stores are refused (0xA700, nothing written) while the spool's file system would keep less than
     # this free; they are accepted again as soon as space returns. 0: no floor.
     min_free_disk_bytes: int = Field(1024**3, ge=0)

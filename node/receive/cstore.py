@@ -23,8 +23,8 @@ from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from node.dimse_encoding import text_bytes, uid_bytes
+from node.receive.incoming import Part10
 from node.receive.ingest import Ingest, Received, RejectedInstance
-from node.receive.ingest import too_large as ingest_too_large
 
 # (series UID, time of the last instance, expected count reached): re-arms the completion timer.
 OnStored = Callable[[str, dt.datetime, bool], None]
@@ -77,7 +77,7 @@ def part10_prefix(request: StoreRequest) -> bytes:
     return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
-class _MemoryReader:
+class MemoryReader:
     """The file-like object pydicom's read_dataset needs, over a memoryview: reads copy only what
     is read (the header), never the whole instance (a BytesIO would copy it)."""
 
@@ -121,7 +121,7 @@ def decode_header(data_set: memoryview, transfer_syntax_uid: str) -> Dataset:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         view = memoryview(inflater.decompress(data_set, _HEADER_INFLATE_LIMIT))
     return read_dataset(
-        _MemoryReader(view),  # type: ignore[arg-type]
+        MemoryReader(view),  # type: ignore[arg-type]
         syntax.is_implicit_VR,
         syntax.is_little_endian,
         stop_when=_at_pixel_data,
@@ -133,26 +133,31 @@ def store(
 ) -> StoreAnswer:
     """`store_part10` for a data set received on its own (pynetdicom's path)."""
     prefix = part10_prefix(request)
-    return store_part10(ingest, on_stored, request, bytearray(prefix) + data_set, len(prefix))
+    return store_part10(ingest, on_stored, request, Part10(bytearray(prefix) + data_set, len(prefix)))
 
 
-def store_part10(
-    ingest: Ingest, on_stored: OnStored, request: StoreRequest, part10: bytearray, data_set_at: int
-) -> StoreAnswer:
-    """Decode the header, store durably (Ingest.accept) and say what to answer. `part10` is the whole
-    file: part10_prefix(request), then the data set from `data_set_at`. Never raises for bad input: a
-    data set that cannot be decoded is 0xC210 (or the validator's precise reason), a refused one its
+def store_part10(ingest: Ingest, on_stored: OnStored, request: StoreRequest, part10: Part10) -> StoreAnswer:
+    """Decode the header, store durably (Ingest.accept) and say what to answer; then release `part10`
+    (the whole file: part10_prefix(request), then the data set). Never raises for bad input: a data
+    set that cannot be decoded is 0xC210 (or the validator's precise reason), a refused one its
     RejectedInstance status; both are audited by Ingest."""
     try:
-        dataset = decode_header(memoryview(part10)[data_set_at:], request.transfer_syntax_uid)
+        return _store_part10(ingest, on_stored, request, part10)
+    finally:
+        part10.release(ingest.discard_staged)
+
+
+def _store_part10(ingest: Ingest, on_stored: OnStored, request: StoreRequest, part10: Part10) -> StoreAnswer:
+    data = part10.data
+    try:
+        dataset = decode_header(memoryview(data)[part10.data_set_at :], request.transfer_syntax_uid)
     except Exception as exc:  # pydicom raises assorted errors on garbage: answer "cannot understand"
-        undecodable = Received(
-            part10, Dataset(), request.transfer_syntax_uid, request.calling_ae, request.peer
-        )
+        undecodable = Received(data, Dataset(), request.transfer_syntax_uid, request.calling_ae, request.peer)
         rejected = ingest.refuse_undecodable(undecodable, exc)
         return StoreAnswer(rejected.status, rejected.reason)
     item = Received(
-        data=part10,
+        data=data,
+        staged=part10.staged,
         dataset=dataset,
         transfer_syntax_uid=request.transfer_syntax_uid,
         calling_ae=request.calling_ae,
@@ -169,8 +174,10 @@ def store_part10(
     return SUCCESS
 
 
-def too_large(ingest: Ingest, request: StoreRequest, size: int, limit: int) -> StoreAnswer:
-    """The answer to a data set that was dropped while it arrived because it passed `limit` bytes."""
-    rejected = ingest_too_large(size, limit)
-    ingest.audit_rejection(Received(b"", Dataset(), "", request.calling_ae, request.peer), rejected)
+def refuse_dropped(
+    ingest: Ingest, request: StoreRequest, rejected: RejectedInstance, size: int
+) -> StoreAnswer:
+    """The answer to a data set of `size` bytes that was dropped while it arrived (node.receive.incoming:
+    past max_instance_bytes, the free-disk floor), audited."""
+    ingest.audit_rejection(Received(b"", Dataset(), "", request.calling_ae, request.peer), rejected, size)
     return StoreAnswer(rejected.status, rejected.reason)

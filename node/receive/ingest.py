@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydicom.dataset import Dataset
@@ -27,7 +28,7 @@ from node.errors import InvalidUIDError, SpoolError
 from node.metrics import NodeMetrics
 from node.receive import consistency
 from node.receive.senders import STATUS_NOT_AUTHORIZED, Sender
-from node.receive.spool import PendingFile, Spool, sha256_hex
+from node.receive.spool import FileBytes, PendingFile, Spool, StagedFile, StagingWriter, sha256_hex
 from node.receive.validate import STATUS_VALUE_TOO_LONG, InvalidInstance, check_instance
 from node.uids import is_valid_uid, require_uid
 
@@ -40,7 +41,7 @@ Outcome = Literal["stored", "duplicate", "replaced", "kept_first", "quarantined"
 class Received:
     """What a transport hands over: the encoded file (preamble + meta + dataset) and its decoded header."""
 
-    data: bytes | bytearray
+    data: FileBytes  # a map of `staged` when the file was written as it arrived
     dataset: Dataset
     transfer_syntax_uid: str
     calling_ae: str | None
@@ -52,6 +53,9 @@ class Received:
     command_sop_instance_uid: str | None = None
     # The transport, for the metrics: "dimse" or "stow".
     source: str = "dimse"
+    # `data` already durable under a temporary name (node.receive.incoming: a large instance written to
+    # the spool as it arrived); Ingest places it instead of writing `data`. Its owner removes it if not.
+    staged: StagedFile | None = None
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,13 @@ class Ingest:
 
     def _accept(self, item: Received) -> Accepted:
         ident = self._identify(item)
-        self._check_free_disk(len(item.data))
+        # A staged file is on the disk already (its writer checked the floor as it wrote).
+        if item.staged is None and (refusal := self.free_disk_refusal(len(item.data))) is not None:
+            raise refusal
         for attempt in range(2):
             # The file is hashed, written and fdatasync'd on the spool's I/O threads while this thread
             # does the database work; both must finish before the success status.
-            pending = self._spool.stage_async(item.data)
+            pending = PendingFile.ready(item.staged) if item.staged else self._spool.stage_async(item.data)
             try:
                 with self._in_flight:
                     if self._in_flight.others_busy():
@@ -233,22 +239,41 @@ class Ingest:
                 if attempt == 1:
                     raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "database conflict, retry") from None
             finally:
-                _discard_unplaced(self._spool, pending)
+                if item.staged is None:  # a staged file is kept for the second attempt; its owner cleans up
+                    _discard_unplaced(self._spool, pending)
         raise AssertionError("unreachable")
 
-    def _check_free_disk(self, size: int) -> None:
+    def free_disk_refusal(self, size: int) -> RejectedInstance | None:
         """0xA700 before anything is written when the spool's file system would keep less than
-        receive.min_free_disk_bytes free after this instance (statvfs: a few microseconds)."""
+        receive.min_free_disk_bytes free after `size` more bytes (statvfs: a few microseconds)."""
         floor = self._receive.min_free_disk_bytes
         if not floor:
-            return
+            return None
         free = self._spool.free_bytes()
-        if free - size < floor:
-            raise RejectedInstance(
-                STATUS_OUT_OF_RESOURCES,
-                f"spool disk has {free // 2**20} MiB free, below receive.min_free_disk_bytes "
-                f"({floor // 2**20} MiB) with this instance",
-            )
+        if free - size >= floor:
+            return None
+        return RejectedInstance(
+            STATUS_OUT_OF_RESOURCES,
+            f"spool disk has {free // 2**20} MiB free, below receive.min_free_disk_bytes "
+            f"({floor // 2**20} MiB) with this instance",
+        )
+
+    @property
+    def spill_to_disk_bytes(self) -> int:
+        """Instances larger than this are not held in memory (receive.spill_to_disk_bytes)."""
+        return self._receive.spill_to_disk_bytes
+
+    def adopt_staged(self, path: Path) -> StagedFile:
+        """A file a transport wrote to the spool's tmp dir, made durable for accept() (Received.staged)."""
+        return self._spool.adopt(path)
+
+    def staging_writer(self) -> StagingWriter:
+        """A temporary file in the spool for an instance written as it arrives."""
+        return self._spool.staging_writer()
+
+    def discard_staged(self, staged: StagedFile) -> None:
+        """Remove a staged file that was not placed (the instance was refused, or stored as a duplicate)."""
+        self._spool.discard(staged)
 
     def index_spooled(self, relative: str, item: Received) -> Accepted:
         """Record a file that is already durable in the spool at `relative` but has no database row
@@ -546,8 +571,9 @@ class Ingest:
         self.audit_rejection(item, rejected)
         return rejected
 
-    def audit_rejection(self, item: Received, exc: RejectedInstance) -> None:
-        """Record a refused instance; UIDs only if they are valid (never patient data)."""
+    def audit_rejection(self, item: Received, exc: RejectedInstance, size: int | None = None) -> None:
+        """Record a refused instance; UIDs only if they are valid (never patient data). `size`: the
+        bytes received, where `item.data` does not hold them (dropped while they arrived)."""
 
         def uid_or_none(keyword: str) -> str | None:
             try:
@@ -569,7 +595,11 @@ class Ingest:
                     sop_instance_uid=_valid_or_none(uid_or_none("SOPInstanceUID")),
                     calling_ae=item.calling_ae,
                     peer=item.peer,
-                    details={"status": exc.status, "size": len(item.data), **exc.details},
+                    details={
+                        "status": exc.status,
+                        "size": len(item.data) if size is None else size,
+                        **exc.details,
+                    },
                 )
         except SQLAlchemyError:
             logger.exception("could not audit the rejection")

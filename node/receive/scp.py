@@ -55,6 +55,7 @@ from node.pynetdicom_tuning import (
 )
 from node.receive import cstore
 from node.receive.cstore import OnStored, StoreRequest
+from node.receive.incoming import IncomingFile
 from node.receive.ingest import Ingest
 from node.receive.tls_listener import TlsServer
 from node.receive.watchdog import AssociationWatchdog
@@ -166,16 +167,25 @@ def handle_store(event: evt.Event, ingest: Ingest, on_stored: OnStored) -> int |
 
 
 def fast_path_handler(
-    ingest: Ingest, on_stored: OnStored, max_instance_bytes: int
+    ingest: Ingest, on_stored: OnStored, settings: ReceiveSettings
 ) -> Callable[[evt.Event], None]:
     """An EVT_CONN_OPEN handler giving each association (plain or TLS) the C-STORE receive fast path."""
+
+    def incoming(prefix: bytes) -> IncomingFile:
+        return IncomingFile(
+            prefix,
+            max_bytes=settings.max_instance_bytes,
+            spill_bytes=settings.spill_to_disk_bytes,
+            writer=ingest.staging_writer,
+            space=ingest.free_disk_refusal,
+        )
 
     def on_open(event: evt.Event) -> None:
         receiver = StoreReceiver(
             event.assoc,
-            store=lambda request, part10, at: cstore.store_part10(ingest, on_stored, request, part10, at),
-            too_large=lambda request, size: cstore.too_large(ingest, request, size, max_instance_bytes),
-            max_instance_bytes=max_instance_bytes,
+            store=lambda request, part10: cstore.store_part10(ingest, on_stored, request, part10),
+            refuse=lambda request, rejected, size: cstore.refuse_dropped(ingest, request, rejected, size),
+            incoming=incoming,
             request_for=store_request,
         )
         intercept_pdata(event.assoc, receiver.take)
@@ -348,9 +358,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, handle_store, [ingest, on_stored]),
         ]
         if settings.fast_path:
-            self._handlers.append(
-                (evt.EVT_CONN_OPEN, fast_path_handler(ingest, on_stored, settings.max_instance_bytes))
-            )
+            self._handlers.append((evt.EVT_CONN_OPEN, fast_path_handler(ingest, on_stored, settings)))
         self._watchdog: AssociationWatchdog | None = None
         if settings.max_association_seconds:
             self._watchdog = AssociationWatchdog(

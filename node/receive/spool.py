@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,10 @@ from node.errors import SpoolError
 from node.uids import require_uid
 
 logger = logging.getLogger(__name__)
+
+_ADOPT_CHUNK = 2**20
+# A received file's bytes: in memory, or a read-only map of a file written as it arrived.
+FileBytes = bytes | bytearray | mmap.mmap
 
 
 @dataclass
@@ -38,6 +43,15 @@ class PendingFile:
 
     digest: Future[str]
     staged: Future[StagedFile]
+
+    @classmethod
+    def ready(cls, staged: StagedFile) -> PendingFile:
+        """A file staged already (written as it arrived): both futures resolved."""
+        digest: Future[str] = Future()
+        digest.set_result(staged.sha256)
+        done: Future[StagedFile] = Future()
+        done.set_result(staged)
+        return cls(digest, done)
 
 
 class Spool:
@@ -73,28 +87,35 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.instances_dir / relative
 
-    def stage(self, data: bytes | bytearray, digest: str | None = None) -> StagedFile:
+    def stage(self, data: FileBytes, digest: str | None = None) -> StagedFile:
         """Write `data` to a temporary file and fdatasync it; place() or discard() it next."""
-        digest = digest or sha256_hex(data)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        writer = self.staging_writer(hashed=digest is None)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                # fdatasync: the data and the size; other metadata (mtime) need not be durable.
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise SpoolError(
-                f"cannot write a temporary file in {self.tmp_dir}: {exc.strerror or exc}"
-            ) from exc
-        return StagedFile(Path(tmp_name), digest, len(data))
+            writer.write(data)
+            return writer.finish(digest)
+        except SpoolError:
+            writer.abandon()
+            raise
 
-    def stage_async(self, data: bytes | bytearray) -> PendingFile:
+    def adopt(self, path: Path) -> StagedFile:
+        """Stage a file written under the tmp dir by someone else (a STOW-RS part): hash it in chunks
+        (no more than a chunk in memory) and fdatasync it."""
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb+") as file:
+                while chunk := file.read(_ADOPT_CHUNK):
+                    digest.update(chunk)
+                os.fdatasync(file.fileno())
+                size = file.tell()
+        except OSError as exc:
+            raise SpoolError(f"cannot stage {path.name}: {exc.strerror or exc}") from exc
+        return StagedFile(path, digest.hexdigest(), size)
+
+    def staging_writer(self, hashed: bool = True) -> StagingWriter:
+        """A temporary file to write in pieces (an instance received to disk as it arrives)."""
+        return StagingWriter(self.tmp_dir, hashed)
+
+    def stage_async(self, data: FileBytes) -> PendingFile:
         """Hash, then stage(), on the spool's I/O threads, so that the caller does its database work
         meanwhile (SHA-256, write and fdatasync all release the GIL). The digest is available as soon
         as it is computed, before the file is durable."""
@@ -160,7 +181,60 @@ class Spool:
                 return
 
 
-def sha256_hex(data: bytes | bytearray) -> str:
+class StagingWriter:
+    """A file written in pieces under a temporary name in the spool's tmp dir, hashed as it is
+    written (SHA-256 and the writes release the GIL); finish() fdatasyncs it and gives the StagedFile,
+    abandon() removes it. A crash leaves only a tmp file, removed at the next start."""
+
+    def __init__(self, tmp_dir: Path, hashed: bool = True) -> None:
+        self._tmp_dir = tmp_dir
+        self._hash = hashlib.sha256() if hashed else None
+        self.size = 0
+        try:
+            self._fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+        except OSError as exc:
+            raise self._error(exc) from exc
+        self.path = Path(name)
+
+    def _error(self, exc: OSError) -> SpoolError:
+        return SpoolError(f"cannot write a temporary file in {self._tmp_dir}: {exc.strerror or exc}")
+
+    def write(self, data: FileBytes | memoryview) -> None:
+        view = memoryview(data)
+        if self._hash is not None:
+            self._hash.update(view)
+        self.size += len(view)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def finish(self, digest: str | None = None) -> StagedFile:
+        """Make the bytes durable (fdatasync: the data and the size; mtime need not be) and close."""
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._close()
+        if digest is None:
+            assert self._hash is not None, "a writer made with hashed=False needs the digest"
+            digest = self._hash.hexdigest()
+        return StagedFile(self.path, digest, self.size)
+
+    def abandon(self) -> None:
+        self._close()
+        self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def sha256_hex(data: FileBytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

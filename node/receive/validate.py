@@ -22,6 +22,7 @@ Sequences nest at most MAX_DEPTH deep (no recursion bomb). A Deflated data set i
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 import zlib
 
@@ -331,7 +332,9 @@ class _Walker:
         raise _decode(f"{tag_name(tag)}: VR {vr} where Implicit VR has its length: Explicit VR bytes")
 
 
-def check_instance(data: bytes | bytearray, transfer_syntax_uid: str, max_bytes: int = 1 << 32) -> None:
+def check_instance(
+    data: bytes | bytearray | mmap.mmap, transfer_syntax_uid: str, max_bytes: int = 1 << 32
+) -> None:
     """Raise InvalidInstance unless `data` (preamble, 'DICM', file meta, data set) is a complete,
     consistent instance in `transfer_syntax_uid`."""
     view = memoryview(data)

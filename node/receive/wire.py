@@ -53,7 +53,10 @@ from node.dimse_encoding import (
     uid_value,
     us_value,
 )
+from node.errors import SpoolError
 from node.receive.cstore import ERROR_COMMENT_MAX, StoreAnswer, StoreRequest, part10_prefix
+from node.receive.incoming import IncomingFile, Part10
+from node.receive.ingest import STATUS_OUT_OF_RESOURCES, RejectedInstance
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +64,12 @@ logger = logging.getLogger(__name__)
 # connection ended or was aborted (the reader has already told pynetdicom).
 ReadPdu = Callable[[], bytearray | None]
 # Stores one instance and says what to answer (node.receive.cstore.store_part10 with its dependencies
-# bound): the whole Part 10 file, and where its data set starts.
-StoreFn = Callable[[StoreRequest, bytearray, int], StoreAnswer]
-# Answers an instance dropped while it arrived because it passed the size limit.
-TooLargeFn = Callable[[StoreRequest, int], StoreAnswer]
+# bound): the whole Part 10 file.
+StoreFn = Callable[[StoreRequest, Part10], StoreAnswer]
+# Answers (and audits) an instance dropped while it arrived (past the size limit, the disk floor).
+RefuseFn = Callable[[StoreRequest, RejectedInstance, int], StoreAnswer]
+# The buffer for one data set behind its File Meta (node.receive.incoming).
+IncomingFn = Callable[[bytes], IncomingFile]
 # Sends A-ABORT (invalid PDU parameter) with a reason and closes: node.pynetdicom_tuning's.
 AbortFn = Callable[[str], None]
 
@@ -118,14 +123,14 @@ class StoreReceiver:
         self,
         assoc: Association,
         store: StoreFn,
-        too_large: TooLargeFn,
-        max_instance_bytes: int,
+        refuse: RefuseFn,
+        incoming: IncomingFn,
         request_for: Callable[[Association, str, str, str], StoreRequest],
     ) -> None:
         self._assoc = assoc
         self._store = store
-        self._too_large = too_large
-        self._max_bytes = max_instance_bytes
+        self._refuse = refuse
+        self._incoming = incoming
         self._request_for = request_for
 
     def take(
@@ -170,11 +175,37 @@ class StoreReceiver:
         request = self._request_for(
             self._assoc, transfer_syntax, command.sop_class_uid, command.sop_instance_uid
         )
-        # One buffer, the file as it will be spooled: the File Meta first, the fragments appended to it.
-        prefix = part10_prefix(request)
-        part10 = bytearray(prefix)
-        size = 0
-        last = False
+        # The file as it will be spooled: the File Meta first, the fragments appended to it (in memory,
+        # or on disk past receive.spill_to_disk_bytes).
+        incoming = self._incoming(part10_prefix(request))
+        try:
+            complete, handback = self._collect(incoming, pdu, pdvs, context_id, command, read_next, abort)
+            if not complete:
+                # Closed or aborted while the data set arrived (handback None), or another PDU came
+                # before its last fragment (pynetdicom handles it): nothing stored, no answer.
+                return handback
+            answer = self._answer(request, incoming)
+        finally:
+            incoming.abandon()  # what was not finished (a no-op once finish() handed it over)
+        self._send(
+            c_store_response(
+                context_id, command.sop_class_uid, command.sop_instance_uid, command.message_id, answer
+            )
+        )
+        return None
+
+    def _collect(
+        self,
+        incoming: IncomingFile,
+        pdu: bytearray,
+        pdvs: list[Pdv],
+        context_id: int,
+        command: _Command,
+        read_next: ReadPdu,
+        abort: AbortFn,
+    ) -> tuple[bool, bytearray | None]:
+        """Append the data set's fragments until the last one: (True, None). (False, None) when the
+        association ended first, (False, pdu) when a PDU other than P-DATA-TF came first."""
         while True:
             for pdv in pdvs:
                 if pdv.context_id != context_id or pdv.is_command:
@@ -183,42 +214,34 @@ class StoreReceiver:
                         f"({'command' if pdv.is_command else 'data'}) inside the data set of a C-STORE "
                         f"on context {context_id}"
                     )
-                    return None
-                size += pdv.end - pdv.start
-                if size <= self._max_bytes:
-                    part10 += memoryview(pdu)[pdv.start : pdv.end]
-                elif len(part10) > len(prefix):
-                    part10 = bytearray()  # past the limit: drop what came, count the rest
+                    return False, None
+                incoming.append(memoryview(pdu)[pdv.start : pdv.end])
                 if pdv.is_last:
-                    last = True
-                    break
-            if last:
-                break
+                    return True, None
             following = read_next()
             if following is None:
-                return None  # closed or aborted while the data set arrived: nothing stored, no answer
+                return False, None
             if following[0] != 0x04:
                 logger.warning(
                     "C-STORE of %s ended by a PDU of type 0x%02X before its last fragment; not stored",
                     command.sop_instance_uid,
                     following[0],
                 )
-                return following
+                return False, following
             parsed = parse_pdvs(following)
             if parsed is None:
                 abort("malformed P-DATA-TF PDU (PDV items do not fill the PDU)")
-                return None
+                return False, None
             pdu, pdvs = following, parsed
-        if size > self._max_bytes:
-            answer = self._too_large(request, size)
-        else:
-            answer = self._store(request, part10, len(prefix))
-        self._send(
-            c_store_response(
-                context_id, command.sop_class_uid, command.sop_instance_uid, command.message_id, answer
-            )
-        )
-        return None
+
+    def _answer(self, request: StoreRequest, incoming: IncomingFile) -> StoreAnswer:
+        if incoming.refusal is not None:
+            return self._refuse(request, incoming.refusal, incoming.size)
+        try:
+            part10 = incoming.finish()
+        except SpoolError as exc:
+            return self._refuse(request, RejectedInstance(STATUS_OUT_OF_RESOURCES, str(exc)), incoming.size)
+        return self._store(request, part10)
 
     def _send(self, pdu: bytes) -> None:
         transport = self._assoc.dul.socket

@@ -18,7 +18,6 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
@@ -35,6 +34,8 @@ from node import audit
 from node.audit import Events
 from node.config import WebSettings
 from node.metrics import NodeMetrics
+from node.receive.cstore import MemoryReader
+from node.receive.incoming import Part10, mapped
 from node.receive.ingest import Ingest, Received, RejectedInstance
 from node.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
 from node.receive.spool import Spool
@@ -183,9 +184,24 @@ class StowEndpoint:
                 f"part {index}: instance of {part.size} bytes exceeds max_instance_bytes {self._max_instance}"
             )
             return self._fail(_STATUS_OUT_OF_RESOURCES, reason, header, peer)
-        data = part.path.read_bytes()
+        part10 = self._part10(part)
         try:
-            dataset = dcmread(BytesIO(data), stop_before_pixels=True)
+            return self._store_part10(index, part10, study, peer)
+        finally:
+            part10.release(self._ingest.discard_staged)
+
+    def _part10(self, part: Part) -> Part10:
+        """The part's bytes: read into memory, or, past receive.spill_to_disk_bytes, staged where they
+        are and read through a memory map (never all in memory)."""
+        if part.size > self._ingest.spill_to_disk_bytes:
+            return mapped(self._ingest.adopt_staged(part.path), 0)
+        return Part10(bytearray(part.path.read_bytes()), 0)
+
+    def _store_part10(self, index: int, part10: Part10, study: str | None, peer: str) -> InstanceOutcome:
+        data = part10.data
+        try:
+            reader = MemoryReader(memoryview(data))
+            dataset = dcmread(reader, stop_before_pixels=True)
         except InvalidDicomError as exc:
             reason = f"part {index} is not a DICOM Part 10 file: {exc}"
             return self._fail(FAILURE_CANNOT_UNDERSTAND, reason, Dataset(), peer)
@@ -203,6 +219,7 @@ class StowEndpoint:
             return self._fail(FAILURE_STUDY_MISMATCH, reason, dataset, peer)
         item = Received(
             data=data,
+            staged=part10.staged,
             dataset=dataset,
             transfer_syntax_uid=syntax,
             calling_ae=None,

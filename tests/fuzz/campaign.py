@@ -82,7 +82,7 @@ class Finding:
     index: int
     mutation: str
     what: str
-    dump: Path | None = None
+    dump: str | None = None  # the file with the case's bytes
 
 
 @dataclass
@@ -103,6 +103,54 @@ class Report:
     refused_during: Counter[str] = field(default_factory=Counter)  # the case running when it happened
     seconds: Counter[str] = field(default_factory=Counter)  # wall time per family and in the checks
     rss_kib: list[tuple[int, int]] = field(default_factory=list)  # (cases done, VmRSS)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON values (bench/fuzz_long.py --workers: each worker hands its report over)."""
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs.
+        data: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in ("seed", "cases", "elapsed_s", "stopped_early", "good_peer_checks", "refused_slots")
+        }
+        for name in ("acknowledged", "library_tracebacks", "refused_during", "seconds"):
+            data[name] = dict(getattr(self, name))
+        for name in ("crashes", "hangs", "acknowledged_unreadable"):
+            data[name] = [vars(finding) for finding in getattr(self, name)]
+        data["answers"] = [[m, a, n] for (m, a), n in self.answers.items()]
+        data["good_peer_failures"] = self.good_peer_failures
+        data["rss_kib"] = self.rss_kib
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        report = cls(data["seed"])
+        for name in ("cases", "elapsed_s", "stopped_early", "good_peer_checks", "refused_slots"):
+            setattr(report, name, data[name])
+        report.answers = Counter({(m, a): n for m, a, n in data["answers"]})
+        for name in ("acknowledged", "library_tracebacks", "refused_during", "seconds"):
+            setattr(report, name, Counter(data[name]))
+        for name in ("crashes", "hangs", "acknowledged_unreadable"):
+            setattr(report, name, [Finding(**f) for f in data[name]])
+        report.good_peer_failures = list(data["good_peer_failures"])
+        report.rss_kib = [(int(n), int(r)) for n, r in data["rss_kib"]]
+        return report
+
+    @classmethod
+    def merged(cls, reports: list[Report]) -> Report:
+        """One report over workers that ran side by side, each with its own node: counts add up, the
+        elapsed time is the longest, the RSS samples are the first worker's (each worker prints its own)."""
+        total = cls(reports[0].seed)
+        for report in reports:
+            total.cases += report.cases
+            total.elapsed_s = max(total.elapsed_s, report.elapsed_s)
+            total.stopped_early = total.stopped_early or report.stopped_early
+            total.good_peer_checks += report.good_peer_checks
+            total.refused_slots += report.refused_slots
+            for name in ("answers", "acknowledged", "library_tracebacks", "refused_during", "seconds"):
+                getattr(total, name).update(getattr(report, name))
+            for name in ("crashes", "hangs", "acknowledged_unreadable", "good_peer_failures"):
+                getattr(total, name).extend(getattr(report, name))
+        total.rss_kib = list(reports[0].rss_kib)
+        return total
 
     def lines(self) -> Iterator[str]:
         rate = self.cases / self.elapsed_s if self.elapsed_s else 0.0
@@ -194,6 +242,16 @@ def _crash_record(record: logging.LogRecord) -> bool:
         return False
     receive_side = record.name.startswith(("pynetdicom", "node.receive", "node.web", "node.pynetdicom"))
     return receive_side and (record.exc_info is not None or "Exception" in record.getMessage())
+
+
+# The node stores an instance only before it answers success (0x0000, or a STOW-RS 200/202), so only
+# such a case needs the database check; the one every CHECK_EVERY cases (and between batches) catches an
+# instance stored without its answer reaching the fuzzer (it is then put down to the case it ran in).
+CHECK_EVERY = 25
+
+
+def _may_have_stored(outcome: Outcome) -> bool:
+    return 0x0000 in outcome.statuses or outcome.http_status in (200, 202) or outcome.hang
 
 
 def rss_kib() -> int:
@@ -417,7 +475,8 @@ class Campaign:
                 while thread_errors:
                     report.crashes.append(self._finding(case, thread_errors.pop()))
                 began = time.monotonic()
-                last_instance = self._check_stored(service, case.mutation, last_instance, case)
+                if _may_have_stored(outcome) or done % CHECK_EVERY == 0:
+                    last_instance = self._check_stored(service, case.mutation, last_instance, case)
                 report.seconds["checks"] += time.monotonic() - began
                 if done % self.batch == 0:
                     last_instance = self._between_batches(service, done, last_instance)
@@ -490,4 +549,4 @@ class Campaign:
                 self.dump_dir / f"case-{case.index}-{case.mutation.replace('/', '_').replace(':', '_')}.bin"
             )
             dump.write_bytes(case.wire)
-        return Finding(case.index, case.mutation, what, dump)
+        return Finding(case.index, case.mutation, what, str(dump) if dump else None)

@@ -202,21 +202,37 @@ class Report:
             yield f"  {mutation}: {answer} x{count}"
 
 
+@dataclass(frozen=True)
+class _Record:
+    """What the run needs of a log record. Not the LogRecord itself: one with exc_info holds a traceback,
+    its frames and through them the association it was logged for (in a 100,000-case run, the kept
+    records were the fuzzer's own RSS growth, not the node's)."""
+
+    name: str
+    levelno: int
+    message: str
+    traceback: str | None  # the formatted stack of exc_info, if any
+
+
 class _Records(logging.Handler):
-    """Keeps the WARNING-and-above records a run needs to look at (crashes, refused connections)."""
+    """Collects the WARNING-and-above records a run needs to look at (crashes, refused connections);
+    `take` hands over those since the last call."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
+        self._records: list[_Record] = []
         self._lock_records = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        stack = "".join(traceback.format_tb(record.exc_info[2])) if record.exc_info else None
+        summary = _Record(record.name, record.levelno, record.getMessage(), stack)
         with self._lock_records:
-            self.records.append(record)
+            self._records.append(summary)
 
-    def since(self, start: int) -> list[logging.LogRecord]:
+    def take(self) -> list[_Record]:
         with self._lock_records:
-            return self.records[start:]
+            taken, self._records = self._records, []
+        return taken
 
 
 # Tracebacks that pynetdicom logs and handles itself, counted apart from crashes: decode_bytes when
@@ -224,24 +240,24 @@ class _Records(logging.Handler):
 # standard_pdu_recv_handler on an A-ASSOCIATE-RQ with an empty syntax (evt.trigger catches it; the
 # node's reader then aborts the association), and a command set it cannot turn into a DIMSE message
 # (it logs "Received an invalid DIMSE message" and aborts).
-def _library_traceback(record: logging.LogRecord) -> bool:
+def _library_traceback(record: _Record) -> bool:
     if record.name == "pynetdicom.utils":
         return True
     if record.name == "pynetdicom.dimse":  # "Received an invalid DIMSE message": pynetdicom aborts (Evt19)
         return True
     return record.name == "pynetdicom.events" and (
-        "standard_pdu_recv_handler" in record.getMessage()
-        or record.exc_info is not None
-        and "_handlers.py" in "".join(traceback.format_tb(record.exc_info[2]))
+        "standard_pdu_recv_handler" in record.message
+        or record.traceback is not None
+        and "_handlers.py" in record.traceback
     )
 
 
-def _crash_record(record: logging.LogRecord) -> bool:
+def _crash_record(record: _Record) -> bool:
     """A traceback logged by the receive side or pynetdicom (a route job that fails is not one)."""
     if record.levelno < logging.ERROR or _library_traceback(record):
         return False
     receive_side = record.name.startswith(("pynetdicom", "node.receive", "node.web", "node.pynetdicom"))
-    return receive_side and (record.exc_info is not None or "Exception" in record.getMessage())
+    return receive_side and (record.traceback is not None or "Exception" in record.message)
 
 
 # The node stores an instance only before it answers success (0x0000, or a STOW-RS 200/202), so only
@@ -452,7 +468,7 @@ class Campaign:
             report.rss_kib.append((0, rss_kib()))
             for done, index in enumerate(indexes, start=1):
                 case = self.make_case(index)
-                seen_records = len(records.records)
+                records.take()  # logged between cases: no case's doing
                 began = time.monotonic()
                 outcome = case.run(self.deadline_s)
                 report.seconds[case.family] += time.monotonic() - began
@@ -462,12 +478,12 @@ class Campaign:
                     report.hangs.append(
                         self._finding(case, f"no answer within {self.deadline_s} s: {outcome.answer}")
                     )
-                for record in records.since(seen_records):
+                for record in records.take():
                     if record.levelno >= logging.ERROR and _library_traceback(record):
                         report.library_tracebacks[case.mutation] += 1
                     if _crash_record(record):
-                        report.crashes.append(self._finding(case, f"{record.name}: {record.getMessage()}"))
-                    if "closed at once" in record.getMessage():
+                        report.crashes.append(self._finding(case, f"{record.name}: {record.message}"))
+                    if "closed at once" in record.message:
                         report.refused_slots += 1
                         report.refused_during[case.mutation] += 1
                 if HANDLER_FAILED in outcome.statuses:

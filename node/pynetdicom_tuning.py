@@ -64,6 +64,7 @@ so that the SCP can audit it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import select
@@ -794,8 +795,20 @@ def _do_action(self: _fsm.StateMachine, event: str) -> None:
         and (event, self.current_state) not in _fsm.TRANSITION_TABLE
     ):
         logger.debug("dropped %s in %s: the connection is already closing", event, self.current_state)
+        # The DUL only peeks at the local primitive (to_provider_queue[0]) when it makes the event; the
+        # action takes it off. Dropped without that, it would be peeked again at every loop: the DUL
+        # spun on it (never reading the socket, so never seeing the peer's close) until ARTIM ended
+        # Sta13, and the association held its slot for negotiation_timeout seconds.
+        with contextlib.suppress(queue.Empty):
+            self.dul.to_provider_queue.get(block=False)
         return
+    before = self.current_state
     _ORIGINAL_DO_ACTION(self, event)
+    if event == "Evt6" and before == "Sta2" and self.current_state == "Sta13" and self.dul.assoc.is_acceptor:
+        # The DUL itself rejected the A-ASSOCIATE-RQ (AE-6: a protocol version it does not support, PS3.8
+        # 9.2): the acceptor's Association thread, which waits for the request, would wait acse_timeout.
+        _notify(self.dul, "A-ASSOCIATE-RJ", "A-ASSOCIATE-RQ not acceptable to the DUL (protocol version)")
+        _wake_acceptor(self.dul)
 
 
 # -- install ---------------------------------------------------------------------------------------

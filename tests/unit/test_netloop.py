@@ -99,6 +99,17 @@ def test_fill_reads_exact_count_and_partial_on_close() -> None:
     right.close()
 
 
+def test_fill_on_a_socket_closed_under_it_reads_as_the_peer_closing() -> None:
+    """Another thread closed the socket (EBADF): fill says how much it read, it does not raise."""
+    left, right = socket.socketpair()
+    left.sendall(b"ab")
+    partial = bytearray(6)
+    assert netloop.fill(right, memoryview(partial)[:2], time.monotonic() + 10) == 2
+    right.close()
+    assert netloop.fill(right, memoryview(partial)[2:], time.monotonic() + 10) == 0
+    left.close()
+
+
 def test_fill_gives_up_at_the_deadline_without_changing_the_socket() -> None:
     left, right = socket.socketpair()
     left.sendall(b"ab")
